@@ -1,0 +1,361 @@
+"""GrowCutEngine: a weight-free engine behind the Engine interface (Slicer's "Grow from seeds").
+
+It needs no downloaded weights and is deterministic, so the whole product works
+offline and tests have a reproducible engine. Segmentation is Slicer's own
+vtkImageGrowCutSegment (present in Slicer and in slicer-core), seeded from the
+prompts:
+
+- box: the pixels just outside the box (a ring ``ringPixels`` wide) are
+  background seeds; a central ellipse of the box (semi-axes ``coreFraction``
+  of the box's half sizes) is the foreground seed; the mask is restricted to
+  the box.
+- points: a positive point seeds a foreground disc, a negative point a
+  background disc (radius ``pointRadiusPixels``).
+- previousLowResLogits (passed by propagation from the neighbouring slice):
+  for this engine it is the signed full-resolution mask it returned as
+  ``lowResLogits`` (+1 inside, -1 outside); its interior, eroded by
+  ``priorErosionPixels`` and clipped to the box, replaces the central ellipse as
+  foreground seed, which follows curved or drifting objects better.
+- no box: the image border is the background seed.
+
+Score (DecodeResult.score): ``1 - (fraction of the box's inner border pixels
+that the mask covers)``, in [0, 1]. A mask that stays inside its box scores 1;
+one that leaked out to the box edge on every side scores near 0, which is what
+propagation's ``minScore`` stop rule uses. A tight box around a convex object
+scores about 0.8-0.95 (the object touches the box at a few places). Without a
+box the image border plays the box's role. An empty mask scores 0.
+
+Frames: prompts and masks are in slice image pixels (x = column, y = row).
+The vtk classes are imported lazily, at the first decode.
+"""
+
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+from .engine import DecodeResult, Engine, Prompts, SliceEmbedding
+from .errors import DependencyError, PromptError
+from .progress import ProgressCallback, reportProgress
+
+#: GrowCut needs a voxel of padding around the region that grows: at least 3 voxels per axis.
+MIN_GROWCUT_SIZE = 3
+SEED_FOREGROUND = 1
+SEED_BACKGROUND = 2
+
+
+def _growCutFilterClass():
+    """Slicer's vtkImageGrowCutSegment, from Slicer or slicer-core; DependencyError if neither is there."""
+    try:
+        from slicer import vtkImageGrowCutSegment  # noqa: PLC0415 (lazy on purpose)
+    except ImportError as error:
+        raise DependencyError(
+            "The weight-free engine needs Slicer's vtkImageGrowCutSegment: run inside 3D Slicer "
+            "or install slicer-core (pip install slicer-core)."
+        ) from error
+    return vtkImageGrowCutSegment
+
+
+def _toVtkImage(arrayZyx: np.ndarray, spacingXyz=(1.0, 1.0, 1.0)):
+    """A vtkImageData holding a deep copy of a (Z, Y, X) numpy array."""
+    import vtk  # noqa: PLC0415
+    from vtk.util import numpy_support  # noqa: PLC0415
+
+    array = np.ascontiguousarray(arrayZyx)
+    image = vtk.vtkImageData()
+    image.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
+    image.SetSpacing(*[float(s) for s in spacingXyz])
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(array.ravel(), deep=True))
+    return image
+
+
+def runGrowCut(intensityZyx: np.ndarray, seedsZyx: np.ndarray, excludedZyx: Optional[np.ndarray] = None,
+               spacingXyz=(1.0, 1.0, 1.0), distancePenalty: float = 0.0) -> np.ndarray:
+    """Run vtkImageGrowCutSegment on a 3D block; returns the uint8 label of every voxel.
+
+    intensityZyx: float32 (Z, Y, X), every axis >= 3 (voxels on the outermost
+    layer receive labels but do not spread them, so callers pad by one voxel).
+    seedsZyx: uint8 labels, 0 = unlabelled. excludedZyx: optional bool, True
+    where growing must not go. distancePenalty: intensity units added per mm
+    of path length (spacingXyz in mm). Raises PromptError for a block too small.
+    """
+    if min(intensityZyx.shape) < MIN_GROWCUT_SIZE:
+        raise PromptError(f"GrowCut needs at least {MIN_GROWCUT_SIZE} voxels along every axis: draw a larger box.")
+    from vtk.util import numpy_support  # noqa: PLC0415
+
+    growCut = _growCutFilterClass()()
+    growCut.SetIntensityVolume(_toVtkImage(intensityZyx.astype(np.float32), spacingXyz))
+    growCut.SetSeedLabelVolume(_toVtkImage(seedsZyx.astype(np.uint8), spacingXyz))
+    if excludedZyx is not None:
+        growCut.SetMaskVolume(_toVtkImage(excludedZyx.astype(np.uint8), spacingXyz))
+    growCut.SetDistancePenalty(float(distancePenalty))
+    growCut.Update()
+    scalars = growCut.GetOutput().GetPointData().GetScalars()
+    if scalars is None:
+        raise PromptError("GrowCut produced no result: check that the box and points lie on the image.")
+    return numpy_support.vtk_to_numpy(scalars).reshape(intensityZyx.shape).copy()
+
+
+def _ellipseMask(shape: Tuple[int, ...], centre: Sequence[float], semiAxes: Sequence[float]) -> np.ndarray:
+    """Bool array of `shape`: voxels inside the axis-aligned ellipsoid (same axis order as shape)."""
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    total = 0.0
+    for grid, c, a in zip(grids, centre, semiAxes):
+        total = total + ((grid - c) / max(float(a), 0.5)) ** 2
+    inside = total <= 1.0
+    nearest = tuple(int(np.clip(round(c), 0, n - 1)) for c, n in zip(centre, shape))
+    inside[nearest] = True  # at least the centre voxel, however small the box
+    return inside
+
+
+def _boxIndexRange(low: float, high: float, size: int) -> Tuple[int, int]:
+    """Pixel indices [first, last] whose centres lie in [low, high], clipped to [0, size - 1]."""
+    first = int(np.ceil(low - 1e-6))
+    last = int(np.floor(high + 1e-6))
+    return max(first, 0), min(last, size - 1)
+
+
+def _borderFraction(mask: np.ndarray, region: np.ndarray) -> float:
+    """Fraction of the region's inner border pixels (along every axis) that the mask covers."""
+    from scipy import ndimage  # noqa: PLC0415
+
+    inner = ndimage.binary_erosion(region, border_value=0)
+    border = region & ~inner
+    if not border.any():
+        return 1.0
+    return float((mask & border).sum()) / float(border.sum())
+
+
+def _grayscale(image: np.ndarray) -> np.ndarray:
+    """float32 (H, W) from a (H, W) or (H, W, 3) image in [0, 1] (RGB: channel mean)."""
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 3:
+        image = image.mean(axis=2)
+    if image.ndim != 2:
+        raise PromptError(f"GrowCut expects (H, W) or (H, W, 3) images, got shape {image.shape}.")
+    return image
+
+
+class GrowCutEngine(Engine):
+    """Weight-free promptable segmentation with Slicer's GrowCut, per slice or natively in 3D.
+
+    coreFraction: foreground seed = central ellipse of the box with semi-axes
+    this fraction of the box's half sizes. ringPixels: width of the background
+    ring outside the box. pointRadiusPixels: radius of point seed discs.
+    smoothingSigma: Gaussian smoothing (pixels) of the image before growing,
+    against noise. distancePenalty: intensity units per pixel of path length
+    (0 = intensity only, as Slicer's default). priorErosionPixels: erosion of a
+    previous mask used as seed. maxWorkPixels: a box (or, without a box, an
+    image) larger than this is segmented on a block-averaged image, for speed.
+    """
+
+    modelId = "growcut"
+    displayName = "GrowCut (weight-free)"
+
+    def __init__(self, coreFraction: float = 0.3, ringPixels: int = 3, pointRadiusPixels: int = 2,
+                 smoothingSigma: float = 1.0, distancePenalty: float = 0.0, priorErosionPixels: int = 2,
+                 maxWorkPixels: int = 384 * 384):
+        self.coreFraction = float(coreFraction)
+        self.ringPixels = max(1, int(ringPixels))
+        self.pointRadiusPixels = max(0, int(pointRadiusPixels))
+        self.smoothingSigma = float(smoothingSigma)
+        self.distancePenalty = float(distancePenalty)
+        self.priorErosionPixels = max(0, int(priorErosionPixels))
+        self.maxWorkPixels = max(1024, int(maxWorkPixels))
+
+    def encode(self, images: Sequence[np.ndarray], progress: Optional[ProgressCallback] = None) -> list:
+        """Store each image (smoothed, grayscale float32) as its embedding; cheap, never modifies input."""
+        from scipy import ndimage  # noqa: PLC0415
+
+        embeddings = []
+        for index, image in enumerate(images):
+            gray = _grayscale(image)
+            if self.smoothingSigma > 0:
+                gray = ndimage.gaussian_filter(gray, self.smoothingSigma)
+            gray = np.ascontiguousarray(gray, dtype=np.float32)
+            embeddings.append(SliceEmbedding(features=gray, imageSize=gray.shape, nbytes=int(gray.nbytes)))
+            reportProgress(progress, (index + 1) / max(len(images), 1), "GrowCut: image stored")
+        return embeddings
+
+    def decode(self, embedding: SliceEmbedding, prompts: Prompts) -> DecodeResult:
+        """Grow the object from the prompts' seeds; see the module docstring for seeds and score.
+
+        Raises PromptError when the prompts are empty or the box and points lie off the image.
+        """
+        if prompts.isEmpty:
+            raise PromptError("No prompt given: draw a box or click a point on the object.")
+        image = np.asarray(embedding.features, dtype=np.float32)
+        height, width = image.shape
+        factor = self._downsampleFactor(prompts, (height, width))
+        if factor > 1:
+            return self._decodeDownsampled(image, prompts, factor)
+        region = self._promptRegion(prompts, (height, width))
+        seeds = self._seedImage(prompts, region, (height, width))
+        if not (seeds == SEED_FOREGROUND).any():
+            empty = np.zeros((height, width), bool)
+            return DecodeResult(mask=empty, score=0.0, lowResLogits=self._logits(empty))
+        mask = self._growInCrop(image, seeds, region)
+        mask &= region
+        score = (1.0 - _borderFraction(mask, region)) if mask.any() else 0.0
+        return DecodeResult(mask=mask, score=float(score), lowResLogits=self._logits(mask))
+
+    def _downsampleFactor(self, prompts: Prompts, shape: Tuple[int, int]) -> int:
+        """Integer factor that brings the working area (box, or image) under maxWorkPixels."""
+        if prompts.boxXyxy is None:
+            area = shape[0] * shape[1]
+        else:
+            x0, y0, x1, y1 = prompts.boxXyxy
+            area = (min(x1, shape[1]) - max(x0, 0) + 2 * self.ringPixels) * (min(y1, shape[0]) - max(y0, 0) + 2 * self.ringPixels)
+        return max(1, int(np.ceil(np.sqrt(max(area, 1) / self.maxWorkPixels))))
+
+    def _decodeDownsampled(self, image: np.ndarray, prompts: Prompts, factor: int) -> DecodeResult:
+        """Decode on an image block-averaged by `factor`, then bring the mask back to full size."""
+        height, width = image.shape
+        padded = np.pad(image, ((0, -height % factor), (0, -width % factor)), mode="edge")
+        small = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor).mean(axis=(1, 3))
+
+        def toSmall(values):
+            return (np.asarray(values, dtype=np.float64) + 0.5) / factor - 0.5
+
+        prior = prompts.previousLowResLogits
+        if prior is not None and np.shape(prior) == image.shape:
+            prior = np.pad(prior, ((0, -height % factor), (0, -width % factor)), constant_values=-1.0)
+            prior = prior.reshape(small.shape[0], factor, small.shape[1], factor).mean(axis=(1, 3))
+        smallPrompts = Prompts(boxXyxy=None if prompts.boxXyxy is None else tuple(toSmall(prompts.boxXyxy)),
+                               pointsXy=toSmall(prompts.pointsXy), pointLabels=prompts.pointLabels,
+                               previousLowResLogits=prior)
+        smallResult = self.decode(SliceEmbedding(small, small.shape, int(small.nbytes)), smallPrompts)
+        mask = np.repeat(np.repeat(smallResult.mask, factor, axis=0), factor, axis=1)[:height, :width]
+        mask &= self._promptRegion(prompts, (height, width))
+        return DecodeResult(mask=mask, score=smallResult.score, lowResLogits=self._logits(mask))
+
+    @staticmethod
+    def _logits(mask: np.ndarray) -> np.ndarray:
+        return np.where(mask, 1.0, -1.0).astype(np.float32)
+
+    def _promptRegion(self, prompts: Prompts, shape: Tuple[int, int]) -> np.ndarray:
+        """Bool image: where the mask may be (inside the box, or the whole image without a box)."""
+        height, width = shape
+        region = np.zeros(shape, bool)
+        if prompts.boxXyxy is None:
+            inImage = ((prompts.pointsXy[:, 0] > -0.5) & (prompts.pointsXy[:, 0] < width - 0.5)
+                       & (prompts.pointsXy[:, 1] > -0.5) & (prompts.pointsXy[:, 1] < height - 0.5))
+            if not inImage.any():
+                raise PromptError("Every point lies outside the image: click on the image.")
+            region[:] = True
+            return region
+        x0, y0, x1, y1 = prompts.boxXyxy
+        c0, c1 = _boxIndexRange(x0, x1, width)
+        r0, r1 = _boxIndexRange(y0, y1, height)
+        if c0 > c1 or r0 > r1:
+            raise PromptError(f"The box {prompts.boxXyxy} lies outside the {width}x{height} image: draw it on the image.")
+        region[r0:r1 + 1, c0:c1 + 1] = True
+        return region
+
+    def _seedImage(self, prompts: Prompts, region: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
+        """uint8 seed labels: box ring / image border background, core or prior foreground, point discs."""
+        from scipy import ndimage  # noqa: PLC0415
+
+        seeds = np.zeros(shape, np.uint8)
+        if prompts.boxXyxy is not None:
+            ring = ndimage.binary_dilation(region, iterations=self.ringPixels) & ~region
+            seeds[ring] = SEED_BACKGROUND
+            seeds[self._foregroundCore(prompts, region)] = SEED_FOREGROUND
+        else:
+            seeds[0, :] = seeds[-1, :] = seeds[:, 0] = seeds[:, -1] = SEED_BACKGROUND
+        yy, xx = np.ogrid[:shape[0], :shape[1]]
+        radiusSquared = (self.pointRadiusPixels + 0.5) ** 2
+        for (x, y), label in zip(prompts.pointsXy, prompts.pointLabels):
+            disc = (xx - x) ** 2 + (yy - y) ** 2 <= radiusSquared
+            seeds[disc] = SEED_FOREGROUND if label == 1 else SEED_BACKGROUND
+        return seeds
+
+    def _foregroundCore(self, prompts: Prompts, region: np.ndarray) -> np.ndarray:
+        """Foreground seed inside the box: the eroded previous mask if given, else the central ellipse."""
+        from scipy import ndimage  # noqa: PLC0415
+
+        prior = prompts.previousLowResLogits
+        if prior is not None and np.shape(prior) == region.shape:
+            inside = np.asarray(prior) > 0
+            if self.priorErosionPixels > 0:
+                inside = ndimage.binary_erosion(inside, iterations=self.priorErosionPixels)
+            inside &= region
+            if inside.any():
+                return inside
+        rows, cols = np.nonzero(region)
+        centre = ((rows.min() + rows.max()) / 2.0, (cols.min() + cols.max()) / 2.0)
+        semiAxes = ((rows.max() - rows.min()) / 2.0 * self.coreFraction,
+                    (cols.max() - cols.min()) / 2.0 * self.coreFraction)
+        return _ellipseMask(region.shape, centre, semiAxes) & region
+
+    def _growInCrop(self, image: np.ndarray, seeds: np.ndarray, region: np.ndarray) -> np.ndarray:
+        """Run GrowCut on the seeds' bounding box (+1 pixel padding), as 3 identical slices."""
+        rows, cols = np.nonzero((seeds > 0) | region)
+        r0, r1 = max(rows.min() - 1, 0), min(rows.max() + 2, image.shape[0])
+        c0, c1 = max(cols.min() - 1, 0), min(cols.max() + 2, image.shape[1])
+        cropImage = np.pad(image[r0:r1, c0:c1], 1, mode="edge")
+        cropSeeds = np.pad(seeds[r0:r1, c0:c1], 1)
+        # The copies above and below let the middle slice grow (outermost voxels do not spread labels).
+        # Excluding the two copies from growing makes the run ~10x faster with the same result.
+        excluded = np.ones((3,) + cropSeeds.shape, bool)
+        excluded[1] = False
+        zeros = np.zeros_like(cropSeeds)
+        labels = runGrowCut(np.repeat(cropImage[None], 3, axis=0), np.stack([zeros, cropSeeds, zeros]),
+                            excluded, distancePenalty=self.distancePenalty)
+        mask = np.zeros(image.shape, bool)
+        mask[r0:r1, c0:c1] = labels[1, 1:-1, 1:-1] == SEED_FOREGROUND
+        return mask
+
+    def segmentVolume(self, volumeImage: np.ndarray, boxIjk, pointsIjk=None, labels=None,
+                      spacingIjk=(1.0, 1.0, 1.0)) -> np.ndarray:
+        """Native 3D GrowCut from a 3D box (and optional points); returns bool (K, J, I).
+
+        volumeImage: float (K, J, I) in [0, 1] (an intensity policy applied).
+        boxIjk: ((i0, j0, k0), (i1, j1, k1)) continuous voxel indices, voxels whose
+        centres lie inside are in the box. pointsIjk: (N, 3) voxel coordinates
+        (i, j, k), labels: (N,) 1 positive / 0 negative. spacingIjk: mm, used by
+        the distance penalty. Background seeds are a shell ``ringPixels`` voxels
+        outside the box, foreground seeds the central ellipsoid. Raises
+        PromptError for a box off the volume.
+        """
+        from scipy import ndimage  # noqa: PLC0415
+
+        volume = np.asarray(volumeImage, dtype=np.float32)
+        if volume.ndim != 3:
+            raise PromptError(f"segmentVolume expects a (K, J, I) volume, got shape {volume.shape}.")
+        if self.smoothingSigma > 0:
+            volume = ndimage.gaussian_filter(volume, self.smoothingSigma)
+        (i0, j0, k0), (i1, j1, k1) = boxIjk
+        bounds = [_boxIndexRange(lo, hi, n) for lo, hi, n in zip((k0, j0, i0), (k1, j1, i1), volume.shape)]
+        if any(first > last for first, last in bounds):
+            raise PromptError(f"The 3D box {boxIjk} lies outside the volume {volume.shape[::-1]} (IJK): draw it on the volume.")
+        region = np.zeros(volume.shape, bool)
+        region[tuple(slice(a, b + 1) for a, b in bounds)] = True
+        seeds = np.zeros(volume.shape, np.uint8)
+        seeds[ndimage.binary_dilation(region, iterations=self.ringPixels) & ~region] = SEED_BACKGROUND
+        centre = [(a + b) / 2.0 for a, b in bounds]
+        semiAxes = [(b - a) / 2.0 * self.coreFraction for a, b in bounds]
+        seeds[_ellipseMask(volume.shape, centre, semiAxes) & region] = SEED_FOREGROUND
+        self._addPointBalls(seeds, pointsIjk, labels)
+        lows = [max(a - self.ringPixels - 1, 0) for a, _ in bounds]
+        highs = [min(b + self.ringPixels + 2, n) for (_, b), n in zip(bounds, volume.shape)]
+        crop = tuple(slice(lo, hi) for lo, hi in zip(lows, highs))
+        # Pad by one voxel: the outermost layer does not spread labels.
+        grown = runGrowCut(np.pad(volume[crop], 1, mode="edge"), np.pad(seeds[crop], 1),
+                           spacingXyz=tuple(spacingIjk), distancePenalty=self.distancePenalty)
+        mask = np.zeros(volume.shape, bool)
+        mask[crop] = grown[1:-1, 1:-1, 1:-1] == SEED_FOREGROUND
+        return mask & region
+
+    def _addPointBalls(self, seeds: np.ndarray, pointsIjk, labels) -> None:
+        """Mark balls of pointRadiusPixels around IJK points as foreground (1) / background (0) seeds."""
+        if pointsIjk is None or len(pointsIjk) == 0:
+            return
+        pointsIjk = np.asarray(pointsIjk, dtype=float).reshape(-1, 3)
+        labels = np.ones(len(pointsIjk), int) if labels is None else np.asarray(labels).reshape(-1)
+        if len(labels) != len(pointsIjk):
+            raise PromptError(f"{len(pointsIjk)} points but {len(labels)} labels: give one label per point.")
+        kk, jj, ii = np.ogrid[:seeds.shape[0], :seeds.shape[1], :seeds.shape[2]]
+        radiusSquared = (self.pointRadiusPixels + 0.5) ** 2
+        for (i, j, k), label in zip(pointsIjk, labels):
+            ball = (ii - i) ** 2 + (jj - j) ** 2 + (kk - k) ** 2 <= radiusSquared
+            seeds[ball] = SEED_FOREGROUND if label == 1 else SEED_BACKGROUND
