@@ -105,7 +105,9 @@ def segmentMaskKji(segmentationNode, segmentId, volumeNode):
     reference.SetExtent(0, dims[0] - 1, 0, dims[1] - 1, 0, dims[2] - 1)
     resampled = slicer.vtkOrientedImageData()
     slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(labelmap, reference, resampled, False, True)
-    return _imageToArray(resampled).reshape(shapeKji) > 0
+    # Segments may share one labelmap layer, each with its own label value.
+    labelValue = segmentationNode.GetSegmentation().GetSegment(segmentId).GetLabelValue()
+    return _imageToArray(resampled).reshape(shapeKji) == labelValue
 
 
 def _imageToArray(image):
