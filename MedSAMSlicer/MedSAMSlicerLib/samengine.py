@@ -1,0 +1,382 @@
+"""SamEngine: MedSAM and SAM checkpoints behind the Engine interface.
+
+Two preprocessing recipes, each exactly the one its weights were trained with:
+
+- "medsam" (MedSAM_Inference.py): the slice is resized straight to 1024x1024
+  (cubic, aspect ratio not kept), min-max scaled to [0, 1] and given to the
+  image encoder directly (no pixel mean/std). Prompts are scaled into that
+  square (x by 1024/W, y by 1024/H). Mask = sigmoid(low-res logits) resized
+  bilinearly to the slice, > 0.5.
+- "sam" (segment_anything.SamPredictor): the slice as 0-255 RGB, longest side
+  resized to 1024 (ResizeLongestSide), pixel mean/std, zero-padded to a square;
+  prompts via the same transform; masks via Sam.postprocess_masks, > 0.
+
+Frames: images, prompts and masks are in slice pixels (x = column, y = row).
+torch and segment_anything are imported at first use; never imports slicer.
+"""
+
+import hashlib
+import logging
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .devices import (autocastContext, autocastDtype, batchSizeForMemory, chooseDevice, emptyDeviceCache,
+                      isOutOfMemory)
+from .engine import DecodeResult, Engine, Prompts, SliceEmbedding
+from .errors import InputError, PromptError
+from .progress import ProgressCallback, reportProgress
+
+logger = logging.getLogger(__name__)
+
+SAM_RECIPES = ("medsam", "sam")
+_digests = {}
+_digestLock = threading.Lock()
+
+
+def checkpointDigest(path) -> str:
+    """SHA-256 (hex) of a file, computed once per (path, modification time, size) in this process."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    with _digestLock:
+        if key in _digests:
+            return _digests[key]
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 22), b""):
+            digest.update(block)
+    with _digestLock:
+        _digests[key] = digest.hexdigest()
+    return _digests[key]
+
+
+@dataclass
+class _PreparedPrompts:
+    """One object's prompts in the model's 1024 input frame, as numpy arrays."""
+
+    coordsModel: np.ndarray  # (N, 2) float32
+    labels: np.ndarray  # (N,) int32
+    boxModel: Optional[np.ndarray]  # (4,) float32 or None
+    maskInput: Optional[np.ndarray]  # (h, w) float32 or None
+    multimask: bool
+
+    @property
+    def groupKey(self) -> tuple:
+        """Prompts with equal keys can share one decoder call (same tensor shapes)."""
+        return (self.boxModel is not None, len(self.coordsModel), self.maskInput is not None, self.multimask)
+
+
+class SamEngine(Engine):
+    """A SAM-family checkpoint (MedSAM, SAM ViT-B/L/H, custom) with its preprocessing recipe.
+
+    checkpointPath: .pth file (bare state dict or {"model": ...}); or pass an
+    already built segment_anything Sam as ``model`` (benchmarks). recipe:
+    "medsam" or "sam". architecture: "vit_b"/"vit_l"/"vit_h" to insist on one,
+    None to detect. device: "auto", "cuda", "mps", "cpu". modelId: full cache
+    identity; default "<modelName or recipe_architecture>:<first 12 hex of the
+    file's SHA-256>", so two checkpoints never share cache entries. batchSize:
+    slices per encoder pass (default: from free GPU memory; 1 on CPU).
+    Raises CheckpointError (bad file), InputError (bad recipe/device).
+    """
+
+    def __init__(self, checkpointPath=None, recipe: str = "medsam", architecture: Optional[str] = None,
+                 device: str = "auto", modelId: Optional[str] = None, *, model=None, modelName: Optional[str] = None,
+                 batchSize: Optional[int] = None, displayName: Optional[str] = None, mixedPrecision: bool = True):
+        import torch
+
+        from .checkpoints import detectArchitecture, loadSamModel
+
+        if recipe not in SAM_RECIPES:
+            raise InputError(f"Unknown preprocessing recipe {recipe!r}; choose one of {', '.join(SAM_RECIPES)}.")
+        if (model is None) == (checkpointPath is None):
+            raise InputError("Give a SamEngine either a checkpoint file or a built model, not both or neither.")
+        self.recipe = recipe
+        self._device = chooseDevice(device)
+        if model is None:
+            model, self.architecture = loadSamModel(checkpointPath, architecture)
+            identity = checkpointDigest(checkpointPath)[:12]
+        else:
+            self.architecture = architecture or detectArchitecture(model.state_dict()).name
+            identity = f"mem{id(model):x}"
+        self.checkpointPath = Path(checkpointPath) if checkpointPath is not None else None
+        self.model = model.eval().to(self._device)
+        self.modelId = modelId or f"{modelName or f'{recipe}_{self.architecture}'}:{identity}"
+        self.displayName = displayName or f"{'MedSAM' if recipe == 'medsam' else 'SAM'} ({self.architecture})"
+        self.batchSize = batchSize
+        self.mixedPrecision = mixedPrecision
+        self.fallbackMessage: Optional[str] = None  # set when a GPU OOM moved the engine to the CPU
+        self._batchCap: Optional[int] = None  # lowered after an out-of-memory error
+        self._fallbackLock = threading.Lock()
+        self.imgSize = int(self.model.image_encoder.img_size)
+        self.maskInputSize = tuple(self.model.prompt_encoder.mask_input_size)
+        self._torch = torch
+
+    @property
+    def device(self) -> str:
+        """Where the engine computes now ("cuda", "mps", "cpu"); "cpu" after an out-of-memory fallback."""
+        return self._device
+
+    # ----------------------------------------------------------------- encode
+
+    def encode(self, images: Sequence[np.ndarray], progress: Optional[ProgressCallback] = None) -> list:
+        """Encode slice images (float32 (H, W) or (H, W, 3) in [0, 1]) into SliceEmbeddings, in batches.
+
+        Features are stored fp16 on the engine's device ((C, 64, 64) for SAM).
+        A GPU out-of-memory error halves the batch and retries down to one
+        slice, then moves the engine to the CPU with a warning
+        (``fallbackMessage``); it never fails for lack of GPU memory.
+        Raises InputError for an image of the wrong shape.
+        """
+        sizes = [self._checkImage(image, index) for index, image in enumerate(images)]
+        embeddings: list = []
+        batch = self._currentBatchSize()
+        start = 0
+        while start < len(images):
+            chunk = images[start:start + batch]
+            try:
+                embeddings.extend(self._encodeBatch(chunk, sizes[start:start + batch]))
+            except Exception as exc:
+                if not isOutOfMemory(exc):
+                    raise
+                batch = self._recoverFromOutOfMemory(batch, exc)
+                continue
+            start += len(chunk)
+            reportProgress(progress, start / len(images), f"Encoded {start} of {len(images)} slices")
+        return embeddings
+
+    def _checkImage(self, image, index: int) -> tuple:
+        shape = np.shape(image)
+        if len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3)):
+            if shape[0] >= 1 and shape[1] >= 1:
+                return (int(shape[0]), int(shape[1]))
+        raise InputError(f"Slice image {index} has shape {shape}; the engine needs (H, W) grayscale or "
+                         "(H, W, 3) colour. Pick a 2D slice of a scalar or RGB volume.")
+
+    def _currentBatchSize(self) -> int:
+        if self.batchSize is not None:
+            size = max(1, int(self.batchSize))
+        else:
+            size = batchSizeForMemory(self._device, self._estimatedBytesPerSlice())
+        return min(size, self._batchCap) if self._batchCap else size
+
+    def _estimatedBytesPerSlice(self) -> int:
+        """Peak encoder memory per slice: global attention scores (heads x tokens^2, ~3 live copies) dominate."""
+        encoder = self.model.image_encoder
+        grid = self.imgSize // encoder.patch_embed.proj.kernel_size[0]
+        heads = encoder.blocks[0].attn.num_heads
+        element = 2 if (self.mixedPrecision and autocastDtype(self._device) is not None) else 4
+        embedDim = encoder.patch_embed.proj.out_channels
+        return 3 * heads * grid ** 4 * element + 16 * grid * grid * embedDim * 4 + 3 * self.imgSize ** 2 * 4
+
+    def _recoverFromOutOfMemory(self, batch: int, exc: BaseException) -> int:
+        """Halve the batch after an OOM; at one slice move to the CPU. Returns the batch to retry with."""
+        emptyDeviceCache(self._device)
+        if batch > 1:
+            self._batchCap = max(1, batch // 2)
+            logger.warning("Out of memory encoding %d slices on %s; retrying with %d.", batch, self._device,
+                           self._batchCap)
+            return self._batchCap
+        if not self._accelerated():
+            raise InputError("Not enough memory to encode even one slice on the CPU. Close other programs, "
+                             "or use smaller images or a smaller model.") from exc
+        self._fallBackToCpu(exc)
+        return 1
+
+    def _accelerated(self) -> bool:
+        """True while computing on a GPU (there is a CPU to fall back to)."""
+        return self._device != "cpu"
+
+    def _fallBackToCpu(self, exc: BaseException) -> None:
+        with self._fallbackLock:
+            previous = self._device
+            self.fallbackMessage = (
+                f"The GPU ({previous}) ran out of memory even for one slice ({str(exc).splitlines()[0][:120]}); "
+                "MedSAMSlicer continues on the CPU, which is slower. Close other GPU programs or choose a "
+                "smaller model, then reload the model to use the GPU again.")
+            logger.warning(self.fallbackMessage)
+            warnings.warn(self.fallbackMessage, RuntimeWarning, stacklevel=3)
+            self.model.to("cpu")
+            self._device = "cpu"
+            self._batchCap = None
+        emptyDeviceCache(previous)
+
+    def _encodeBatch(self, images: Sequence[np.ndarray], sizes: Sequence[tuple]) -> list:
+        torch = self._torch
+        with torch.no_grad():
+            prepared = [self._modelInput(image) for image in images]
+            inputs = torch.stack([tensor for tensor, _ in prepared])
+            with autocastContext(self._device, self.mixedPrecision):
+                features = self.model.image_encoder(inputs)
+            features = features.to(torch.float16)
+        embeddings = []
+        for index, (size, (_, inputSize)) in enumerate(zip(sizes, prepared)):
+            # clone: a view would keep the whole batch's storage alive in the cache
+            feature = features[index].clone()
+            embeddings.append(SliceEmbedding(
+                features=feature, imageSize=tuple(size), nbytes=feature.numel() * feature.element_size(),
+                extra={"recipe": self.recipe, "inputSize": inputSize, "modelId": self.modelId}))
+        return embeddings
+
+    def _modelInput(self, image: np.ndarray):
+        """(3, S, S) float32 tensor on the device for one image, and the unpadded input size (h, w)."""
+        rgb = _asRgb(image)
+        if self.recipe == "medsam":
+            return self._medsamInput(rgb), (self.imgSize, self.imgSize)
+        return self._samInput(rgb)
+
+    def _medsamInput(self, rgb: np.ndarray):
+        torch = self._torch
+        import torch.nn.functional as F
+
+        tensor = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].to(self._device)
+        height, width = rgb.shape[:2]
+        size = self.imgSize
+        if (height, width) != (size, size):
+            tensor = F.interpolate(tensor, size=(size, size), mode="bicubic", align_corners=False,
+                                   antialias=height > size or width > size)
+        low, high = tensor.amin(), tensor.amax()
+        return ((tensor - low) / torch.clamp(high - low, min=1e-8))[0]
+
+    def _samInput(self, rgb: np.ndarray):
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        torch = self._torch
+        image8 = np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
+        resized = ResizeLongestSide(self.imgSize).apply_image(image8)
+        tensor = torch.as_tensor(resized, device=self._device).permute(2, 0, 1).contiguous()[None].float()
+        return self.model.preprocess(tensor)[0], tuple(resized.shape[:2])
+
+    # ----------------------------------------------------------------- decode
+
+    def decode(self, embedding: SliceEmbedding, prompts: Prompts) -> DecodeResult:
+        """One object's mask (bool (H, W), slice pixels), predicted IoU and low-res logits (h, w).
+
+        A single point without box or previous mask is ambiguous: the decoder
+        returns 3 candidates and the one with the highest predicted IoU is
+        kept. Raises PromptError for empty prompts, prompts entirely off the
+        image, or a previous mask of the wrong size.
+        """
+        return self.decodeMany(embedding, [prompts])[0]
+
+    def decodeMany(self, embedding: SliceEmbedding, promptsList: Sequence[Prompts]) -> list:
+        """Decode several objects on one slice; objects whose prompts have the same form
+        (box or not, number of points, previous mask or not) share one decoder call."""
+        torch = self._torch
+        self._checkEmbedding(embedding)
+        prepared = [self._preparePrompts(prompts, embedding) for prompts in promptsList]
+        groups: dict = {}
+        for index, item in enumerate(prepared):
+            groups.setdefault(item.groupKey, []).append(index)
+        results: list = [None] * len(prepared)
+        with torch.no_grad():
+            features = embedding.features.to(self._device, torch.float32)[None]
+            for indices in groups.values():
+                for index, result in zip(indices, self._decodeGroup(features, embedding,
+                                                                    [prepared[i] for i in indices])):
+                    results[index] = result
+        return results
+
+    def _checkEmbedding(self, embedding: SliceEmbedding) -> None:
+        madeBy = embedding.extra.get("modelId")
+        if madeBy is not None and madeBy != self.modelId:
+            raise InputError(f"This slice was encoded by another model ({madeBy}), not {self.modelId}; "
+                             "encode it again with the current model.")
+
+    def _preparePrompts(self, prompts: Prompts, embedding: SliceEmbedding) -> _PreparedPrompts:
+        height, width = embedding.imageSize
+        if prompts.isEmpty:
+            raise PromptError("No prompt given: draw a box or click at least one point on the slice.")
+        if prompts.boxXyxy is not None:
+            x0, y0, x1, y1 = prompts.boxXyxy
+            if x1 < -0.5 or y1 < -0.5 or x0 > width - 0.5 or y0 > height - 0.5:
+                raise PromptError(f"The box {prompts.boxXyxy} lies entirely off the {width}x{height} slice; "
+                                  "draw it on the image.")
+        points = prompts.pointsXy
+        if prompts.boxXyxy is None:
+            inside = ((points[:, 0] >= -0.5) & (points[:, 0] <= width - 0.5)
+                      & (points[:, 1] >= -0.5) & (points[:, 1] <= height - 0.5))
+            if not inside.any():
+                raise PromptError(f"Every point lies off the {width}x{height} slice; click on the image.")
+        scale = self._promptScale(height, width)
+        box = None
+        if prompts.boxXyxy is not None:
+            box = (np.asarray(prompts.boxXyxy, np.float64).reshape(2, 2) * scale).reshape(4).astype(np.float32)
+        maskInput = None
+        if prompts.previousLowResLogits is not None:
+            maskInput = np.asarray(prompts.previousLowResLogits, np.float32)
+            if maskInput.ndim > 2 and all(extent == 1 for extent in maskInput.shape[:-2]):
+                maskInput = maskInput.reshape(maskInput.shape[-2:])  # accept (1, h, w) and (1, 1, h, w)
+            if maskInput.shape != self.maskInputSize:
+                raise PromptError(f"The previous mask has shape {np.shape(prompts.previousLowResLogits)}; this model "
+                                  f"needs {self.maskInputSize}. Pass the lowResLogits of a result of the same model.")
+        return _PreparedPrompts(
+            coordsModel=(points.astype(np.float64) * scale).astype(np.float32), labels=prompts.pointLabels,
+            boxModel=box, maskInput=maskInput, multimask=prompts.isAmbiguous and maskInput is None)
+
+    def _promptScale(self, height: int, width: int) -> np.ndarray:
+        """(sx, sy) mapping slice pixels to the model's input frame."""
+        if self.recipe == "medsam":
+            return np.array([self.imgSize / width, self.imgSize / height])
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        newHeight, newWidth = ResizeLongestSide.get_preprocess_shape(height, width, self.imgSize)
+        return np.array([newWidth / width, newHeight / height])
+
+    def _decodeGroup(self, features, embedding: SliceEmbedding, group: list) -> list:
+        torch = self._torch
+        first, device = group[0], self._device
+        points = None
+        if len(first.coordsModel):
+            points = (torch.as_tensor(np.stack([p.coordsModel for p in group]), dtype=torch.float, device=device),
+                      torch.as_tensor(np.stack([p.labels for p in group]), dtype=torch.int, device=device))
+        boxes = None if first.boxModel is None else torch.as_tensor(
+            np.stack([p.boxModel for p in group]), dtype=torch.float, device=device)
+        masks = None if first.maskInput is None else torch.as_tensor(
+            np.stack([p.maskInput for p in group])[:, None], dtype=torch.float, device=device)
+        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        lowRes, iou = self.model.mask_decoder(
+            image_embeddings=features, image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=first.multimask)
+        if first.multimask:
+            best = iou.argmax(dim=1)
+            rows = torch.arange(len(group), device=lowRes.device)
+            lowRes, iou = lowRes[rows, best][:, None], iou[rows, best][:, None]
+        fullMasks = self._masksFromLowRes(lowRes, embedding).cpu().numpy()
+        lowResNumpy = lowRes[:, 0].float().cpu().numpy()
+        scores = iou[:, 0].float().cpu().numpy()
+        return [DecodeResult(mask=fullMasks[i], score=float(np.clip(scores[i], 0.0, 1.0)), lowResLogits=lowResNumpy[i])
+                for i in range(len(group))]
+
+    def _masksFromLowRes(self, lowRes, embedding: SliceEmbedding):
+        """(B, 1, h, w) logits -> (B, H, W) bool masks in slice pixels, per the recipe."""
+        import torch.nn.functional as F
+
+        height, width = embedding.imageSize
+        if self.recipe == "medsam":
+            probability = F.interpolate(self._torch.sigmoid(lowRes), size=(height, width), mode="bilinear",
+                                        align_corners=False)
+            return probability[:, 0] > 0.5
+        inputSize = tuple(embedding.extra.get("inputSize", (self.imgSize, self.imgSize)))
+        logits = self.model.postprocess_masks(lowRes, inputSize, (height, width))
+        return logits[:, 0] > self.model.mask_threshold
+
+
+def _asRgb(image) -> np.ndarray:
+    """A new float32 (H, W, 3) array from (H, W), (H, W, 1) or (H, W, 3); NaN/inf -> 0; the input is not modified."""
+    array = np.asarray(image, dtype=np.float32)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    rgb = np.repeat(array, 3, axis=2) if array.shape[2] == 1 else np.array(array, dtype=np.float32, copy=True)
+    return np.nan_to_num(rgb, nan=0.0, posinf=1.0, neginf=0.0)
+
+
+def describeEngine(engine: SamEngine) -> str:
+    """One line for logs and the UI: model, recipe, device, checkpoint."""
+    where = os.fspath(engine.checkpointPath) if engine.checkpointPath else "in memory"
+    return f"{engine.displayName}, recipe {engine.recipe}, on {engine.device}, weights {where}"
