@@ -231,3 +231,25 @@ def test_worker_error_is_kept_on_the_job_and_waiters_recover():
     assert int(service.embedding(source, 2, 4).features[0, 0]) == 4
     assert engine.counts() == {4: 2, 5: 2}
     service.close(GATE_TIMEOUT)
+
+
+def test_waiting_request_goes_before_the_next_prefetch_batch():
+    engine, source = RecordingEngine(), makeSource()
+    engine.gate.clear()
+    service = EmbeddingService(engine, batchSize=2)
+    job = service.prefetch(source, 2, range(0, 6))
+    assert engine.entered.wait(GATE_TIMEOUT)
+    caller = threading.Thread(target=service.embedding, args=(source, 2, 10))
+    caller.start()
+    queued = threading.Event()
+    for _ in range(int(GATE_TIMEOUT / 0.01)):  # until the request queues for the encoder
+        if service._foregroundWaiting:
+            queued.set()
+            break
+        queued.wait(0.01)
+    assert queued.is_set()
+    engine.gate.set()
+    caller.join(GATE_TIMEOUT)
+    assert job.wait(GATE_TIMEOUT)
+    assert engine.batches == [[0, 1], [10], [2, 3], [4, 5]]
+    service.close(GATE_TIMEOUT)

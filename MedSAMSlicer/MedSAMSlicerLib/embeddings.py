@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from typing import Iterable, List, Optional, Sequence
 
 from .cache import CacheKey, EmbeddingCache
@@ -111,6 +112,7 @@ class EmbeddingService:
         self._encodeLock = threading.Lock()
         self._flight = threading.Condition()
         self._inFlight = set()
+        self._foregroundWaiting = 0
         self._jobs = deque()
         self._currentJob: Optional[PrefetchJob] = None
         self._worker: Optional[threading.Thread] = None
@@ -280,8 +282,8 @@ class EmbeddingService:
                 return
             batch, position = self._nextPrefetchBatch(job, position)
             if batch:
+                self._encodeBatch(job.source, job.axis, batch, background=True)
                 job.encoded += len(batch)
-                self._encodeBatch(job.source, job.axis, batch)
             reportProgress(job.progress, position / total, f"Prefetched {position} of {total} slice(s)")
 
     def _nextPrefetchBatch(self, job: PrefetchJob, position: int):
@@ -346,11 +348,11 @@ class EmbeddingService:
         finally:
             self._release(source, axis, unstarted)  # never leave a claim behind that nobody will fulfil
 
-    def _encodeBatch(self, source, axis, batch) -> dict:
+    def _encodeBatch(self, source, axis, batch, background=False) -> dict:
         """Encode slices this thread claimed, store them, release them (even on error); returns {k: stored}."""
         try:
             images = [source.sliceImage(axis, k) for k in batch]
-            with self._encodeLock:
+            with self._encoderTurn(background):
                 start = time.perf_counter()
                 encoded = self.engine.encode(images)
                 self._addTime("encode", time.perf_counter() - start)
@@ -363,6 +365,32 @@ class EmbeddingService:
             return {k: self.cache.put(self.key(source, axis, k), e) for k, e in zip(batch, encoded)}
         finally:
             self._release(source, axis, batch)
+
+    @contextmanager
+    def _encoderTurn(self, background: bool):
+        """Hold the encoder; the worker lets waiting foreground requests go first (the user is waiting on them)."""
+        if background:
+            with self._flight:
+                while self._foregroundWaiting:
+                    self._flight.wait()
+            with self._encodeLock:
+                yield
+            return
+        with self._flight:
+            self._foregroundWaiting += 1
+        try:
+            self._encodeLock.acquire()
+        finally:
+            self._leaveForegroundQueue()
+        try:
+            yield
+        finally:
+            self._encodeLock.release()
+
+    def _leaveForegroundQueue(self) -> None:
+        with self._flight:
+            self._foregroundWaiting -= 1
+            self._flight.notify_all()
 
     def _waitForLanding(self, source, axis, waiting, cancel: Optional[CancelToken]) -> None:
         """Block until none of ``waiting`` is in flight any more (or ``cancel`` is set)."""
