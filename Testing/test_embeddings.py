@@ -253,3 +253,35 @@ def test_waiting_request_goes_before_the_next_prefetch_batch():
     assert job.wait(GATE_TIMEOUT)
     assert engine.batches == [[0, 1], [10], [2, 3], [4, 5]]
     service.close(GATE_TIMEOUT)
+
+
+def test_tiny_sam_embedding_round_trips_through_the_disk_cache(tmp_path):
+    pytest.importorskip("segment_anything")
+    samengine = pytest.importorskip("MedSAMSlicerLib.samengine")
+    tinymodel = pytest.importorskip("MedSAMSlicerLib.tinymodel")
+    import torch
+
+    checkpoint = tinymodel.writeTinyCheckpoint(tmp_path / "tiny.pth", seed=3)
+    rows, cols = np.mgrid[0:40, 0:50]
+    voxels = np.zeros((3, 40, 50), np.float32)
+    voxels[1] = 200.0 * ((rows - 18) ** 2 + (cols - 27) ** 2 < 64) + 5.0 * cols
+    source = SliceSource(voxels, spacingIjk=(1.0, 1.0, 3.0), policy=IntensityPolicy.window(0, 450))
+    prompts = Prompts(boxXyxy=(17.0, 8.0, 37.0, 28.0))
+
+    first = EmbeddingService(samengine.SamEngine(checkpoint, recipe="medsam", device="cpu"),
+                             cache=EmbeddingCache(folder=tmp_path / "cache"))
+    encoded = first.embedding(source, 2, 1)
+    before = first.decode(encoded, prompts)
+    assert encoded.features.dtype == torch.float16 and first.stats()["encoded"] == 1
+
+    # A new session: a fresh engine on the same checkpoint, an empty memory cache on the same folder.
+    second = EmbeddingService(samengine.SamEngine(checkpoint, recipe="medsam", device="cpu"),
+                              cache=EmbeddingCache(folder=tmp_path / "cache"))
+    loaded = second.embedding(source, 2, 1)
+    stats = second.stats()
+    assert stats["encoded"] == 0 and stats["diskHits"] == 1
+    assert loaded.features.dtype == torch.float16 and torch.equal(loaded.features, encoded.features.cpu())
+    after = second.decode(loaded, prompts)
+    assert after.mask.shape == (40, 50) and np.array_equal(after.mask, before.mask)
+    assert after.score == pytest.approx(before.score, abs=1e-6)
+    np.testing.assert_allclose(after.lowResLogits, before.lowResLogits, atol=1e-5)
