@@ -1,0 +1,247 @@
+"""The `medsam-slicer` commands: segment, evaluate, models, download.
+
+Every command builds a real MRML scene (slicer-core), reads the image into a
+volume node, turns the command line's prompts into markups nodes (an ROI for
+the box, fiducials for points) and runs the same MedSAMLogic as the Slicer
+module, so the CLI exercises the module's geometry code. Parsing and checks
+that need no image live in cli.py.
+"""
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from .cli import AXES
+from .errors import CheckpointError, InputError, PromptError
+from .imageio import checkOutputPath, readImage, writeLabelmap, writeSegmentation
+
+WEIGHT_FREE_MODEL = "growcut"
+
+
+def info(message: str) -> None:
+    """One human-readable status line on stderr (stdout is kept for results and --json)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- models
+
+
+def resolveModel(value):
+    """(modelName, checkpointPath or None) for --model, checked before any image is read.
+
+    value None: engines.defaultModelName() (MedSAM when cached, else the
+    weight-free engine, said on stderr). A path to an existing file is a
+    custom checkpoint. A registry name must exist and, for downloadable
+    weights, be in the cache. Raises InputError / CheckpointError with what to do.
+    """
+    from . import registry
+
+    if value is None:
+        name = _defaultModelName()
+        if name == WEIGHT_FREE_MODEL:
+            info("MedSAM weights are not in the model cache (get them with `medsam-slicer download medsam`): "
+                 "using the weight-free growcut engine.")
+        return name, None
+    if os.path.isfile(value):
+        return "custom", os.path.abspath(value)
+    if os.sep in value or value.lower().endswith((".pth", ".pt", ".ckpt", ".bin")):
+        raise CheckpointError(f"checkpoint file {value} not found: check the path, or give a model name "
+                              f"({', '.join(registry.modelNames())}).")
+    try:
+        spec = registry.getModelSpec(value)
+    except InputError as error:
+        raise InputError(f"{error} Or give the path of a checkpoint file.") from None
+    if spec.kind == "file":
+        raise InputError(f"--model {value} needs a checkpoint: give its path as --model PATH.")
+    if spec.kind == "download" and not _isCached(spec):
+        raise CheckpointError(f"the weights of {spec.modelId} are not downloaded: run `medsam-slicer download "
+                              f"{spec.modelId}` first, or use --model growcut (weight-free).")
+    return spec.modelId, None
+
+
+def _defaultModelName() -> str:
+    """engines.defaultModelName(), or the weight-free engine when no engine module is installed."""
+    try:
+        from .engines import defaultModelName
+    except ImportError:
+        return WEIGHT_FREE_MODEL
+    return defaultModelName()
+
+
+def _isCached(spec) -> bool:
+    """True when the model's weights are in the download cache."""
+    from .download import isModelCached
+
+    return isModelCached(spec)
+
+
+def createLogic(scene, volumeNode, modelName, checkpointPath, device):
+    """A MedSAMLogic on ``scene`` with ``volumeNode`` and the chosen model set."""
+    from .logic import MedSAMLogic
+
+    logic = MedSAMLogic(scene)
+    logic.setVolume(volumeNode)
+    logic.setModel(modelName, device=device, checkpointPath=checkpointPath)
+    return logic
+
+
+# ---------------------------------------------------------------- prompts as markups
+
+
+def _ijkToRasMatrix(volumeNode) -> np.ndarray:
+    """The volume's IJKToRAS as a 4x4 array (the CLI's volumes have no parent transform)."""
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def _dimensionsIjk(volumeNode):
+    """(I, J, K) voxel counts."""
+    return tuple(volumeNode.GetImageData().GetDimensions())
+
+
+def checkBoxIjk(boxIjk, dimensionsIjk, text="--box"):
+    """PromptError when the inclusive voxel box lies entirely outside an image of ``dimensionsIjk``."""
+    low, high = boxIjk
+    for axis in range(3):
+        if high[axis] < 0 or low[axis] > dimensionsIjk[axis] - 1:
+            raise PromptError(
+                f"{text} is entirely outside the image ({'x'.join(str(d) for d in dimensionsIjk)} voxels; "
+                f"{'xyz'[axis]} runs 0..{dimensionsIjk[axis] - 1}): give voxel indices inside the image."
+            )
+
+
+def addBoxRoiIjk(scene, volumeNode, boxIjk, axis):
+    """An ROI node covering the inclusive voxel box, oriented along the volume's IJK axes.
+
+    In-plane the box edges pass through the centres of the first and last
+    voxels (the pixel-coordinate box SAM and MedSAM are trained with); across
+    the slicing axis the ROI spans whole slices Z0-0.5 .. Z1+0.5, so Z0 == Z1
+    is a thin (2D) box and Z0 < Z1 a 3D box over those slices.
+    """
+    import slicer
+
+    low, high = (np.asarray(corner, float) for corner in boxIjk)
+    low[axis] -= 0.5
+    high[axis] += 0.5
+    ijkToRas = _ijkToRasMatrix(volumeNode)
+    spacing = np.linalg.norm(ijkToRas[:3, :3], axis=0)
+    rotation = ijkToRas[:3, :3] / spacing
+    if np.linalg.det(rotation) < 0:
+        rotation[:, 2] = -rotation[:, 2]  # same 8 corners, a proper rotation for the ROI's frame
+    objectToNode = np.eye(4)
+    objectToNode[:3, :3] = rotation
+    objectToNode[:3, 3] = (ijkToRas @ np.append((low + high) / 2.0, 1.0))[:3]
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
+    roi.SetAndObserveObjectToNodeMatrix(slicer.util.vtkMatrixFromArray(objectToNode))
+    roi.SetRadiusXYZ(*((high - low) / 2.0 * spacing))
+    return roi
+
+
+def addBoxRoiRas(scene, volumeNode, boxRas):
+    """An ROI node for a RAS box (axis-aligned in RAS); PromptError when it misses the image entirely."""
+    low, high = (np.asarray(corner, float) for corner in boxRas)
+    corners = np.array([[x, y, z, 1.0] for x in (low[0], high[0]) for y in (low[1], high[1]) for z in (low[2], high[2])])
+    cornersIjk = (np.linalg.inv(_ijkToRasMatrix(volumeNode)) @ corners.T).T[:, :3]
+    dims = _dimensionsIjk(volumeNode)
+    lowIjk, highIjk = cornersIjk.min(axis=0), cornersIjk.max(axis=0)
+    if any(highIjk[a] < -0.5 or lowIjk[a] > dims[a] - 0.5 for a in range(3)):
+        raise PromptError("--box-ras is entirely outside the image: give RAS millimetres inside it "
+                          "(or use --box with voxel indices).")
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
+    roi.SetXYZ(*((low + high) / 2.0))
+    roi.SetRadiusXYZ(*((high - low) / 2.0))
+    return roi
+
+
+def addPointNodes(scene, volumeNode, prompts):
+    """(positiveNode, negativeNode) fiducial nodes with the command line's points in RAS (None when empty)."""
+    ijkToRas = _ijkToRasMatrix(volumeNode)
+    pointsRas = [((ijkToRas @ np.append(np.asarray(p, float), 1.0))[:3], label) for p, label in prompts.pointsIjk]
+    pointsRas += [(np.asarray(p, float), label) for p, label in prompts.pointsRas]
+    nodes = {1: None, 0: None}
+    for positionRas, label in pointsRas:
+        if nodes[label] is None:
+            nodes[label] = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "positive" if label else "negative")
+        nodes[label].AddControlPoint([float(v) for v in positionRas])
+    return nodes[1], nodes[0]
+
+
+def addPromptNodes(scene, volumeNode, prompts, axis):
+    """(roiNode, positiveNode, negativeNode) for the parsed command-line prompts; PromptError when off the image."""
+    dims = _dimensionsIjk(volumeNode)
+    if dims[axis] == 1 and axis != 2:
+        raise PromptError(f"the image is a single slice: segment it along k (leave out --axis {'ijk'[axis]}).")
+    roi = None
+    if prompts.boxIjk is not None:
+        checkBoxIjk(prompts.boxIjk, dims)
+        roi = addBoxRoiIjk(scene, volumeNode, prompts.boxIjk, axis)
+    elif prompts.boxRas is not None:
+        roi = addBoxRoiRas(scene, volumeNode, prompts.boxRas)
+    positive, negative = addPointNodes(scene, volumeNode, prompts)
+    return roi, positive, negative
+
+
+# ---------------------------------------------------------------- segment
+
+
+def runSegment(args) -> int:
+    """`segment`: read IMAGE, prompt, segment (and propagate), write OUT with IMAGE's geometry."""
+    from .headlessscene import createHeadlessScene
+
+    started = time.perf_counter()
+    outputKind = checkOutputPath(args.out)
+    modelName, checkpointPath = resolveModel(args.model)
+    scene = createHeadlessScene()
+    volumeNode = readImage(args.image, scene, args.volume_index)
+    axis = AXES[args.axis]
+    roi, positive, negative = addPromptNodes(scene, volumeNode, args.prompts, axis)
+    logic = createLogic(scene, volumeNode, modelName, checkpointPath, args.device)
+    segmentationNode, segmentId = logic.setSegmentation()
+    logic.setAxis(axis)
+    logic.setPromptNodes(roiNode=roi, positiveNode=positive, negativeNode=negative)
+    if args.propagate:
+        logic.propagate()
+    else:
+        logic.segmentSlice()
+    maskKji = logic.previewMaskKji
+    maskKji = np.zeros(_dimensionsIjk(volumeNode)[::-1], bool) if maskKji is None else np.asarray(maskKji, bool)
+    if not maskKji.any():
+        info("warning: the result is empty (the model found nothing in the prompt); writing an empty segment.")
+    logic.apply(mode="add")
+    writeStarted = time.perf_counter()
+    if outputKind == "segmentation":
+        writeSegmentation(segmentationNode, args.out, referenceVolume=volumeNode)
+    else:
+        writeLabelmap(segmentationNode, volumeNode, args.out, segmentIds=[segmentId])
+    writeSeconds = time.perf_counter() - writeStarted
+    summary = segmentSummary(logic, maskKji, axis, writeSeconds, time.perf_counter() - started)
+    print(f"wrote {os.path.abspath(args.out)}: {summary['voxels']} voxels on {summary['slices']} slice(s) "
+          f"in {summary['timings']['total']:.2f} s (encode {summary['timings']['encode']:.2f} s, "
+          f"{summary['cache']['encoded']} encoder passes)")
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+def segmentSummary(logic, maskKji, axis, writeSeconds, totalSeconds) -> dict:
+    """The --json object: voxels, slices (slices along the axis holding the result), timings, cache counters."""
+    nonEmpty = maskKji.any(axis=tuple(a for a in range(3) if a != 2 - axis)) if maskKji.size else np.zeros(0)
+    timings = dict(logic.timings or {})
+    stats = dict(logic.cacheStats() or {})
+    return {
+        "voxels": int(maskKji.sum()),
+        "slices": int(np.count_nonzero(nonEmpty)),
+        "timings": {
+            "encode": round(float(timings.get("encode", 0.0)), 4),
+            "decode": round(float(timings.get("decode", 0.0)), 4),
+            "write": round(float(timings.get("write", 0.0)) + writeSeconds, 4),
+            "total": round(float(totalSeconds), 4),
+        },
+        "cache": {key: int(stats.get(key, 0)) for key in ("encoded", "hits", "misses")},
+    }
