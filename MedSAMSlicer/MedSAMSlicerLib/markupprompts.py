@@ -46,7 +46,9 @@ class PromptSet:
 
 def roiCornersRas(roiNode) -> np.ndarray:
     """The 8 corners (8, 3) of an ROI markup in world RAS (its own and parent transforms included)."""
-    radius = np.array(roiNode.GetRadiusXYZ(), dtype=np.float64)
+    radius = [0.0, 0.0, 0.0]
+    roiNode.GetRadiusXYZ(radius)
+    radius = np.array(radius, dtype=np.float64)
     signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64)
     cornersObject = np.hstack([signs * radius, np.ones((8, 1))])
     objectToNode = vtk.vtkMatrix4x4()
