@@ -212,3 +212,21 @@ def test_concurrent_puts_and_gets_keep_the_books_straight():
     assert stats["bytes"] == sum(cache.peek(key).nbytes for key in cache.keys()) <= 20 * FP16_BYTES
     assert stats["hits"] + stats["misses"] == 800
     assert stats["evictions"] == 800 - stats["entries"]
+
+
+def test_numpy_integer_key_fields_match_plain_ints(tmp_path):
+    cache = EmbeddingCache(folder=tmp_path)
+    cache.put(makeKey(np.int64(5), axis=np.int32(2)), makeEmbedding(5))
+    assert makeKey(5) in cache
+    assert EmbeddingCache(folder=tmp_path).get(makeKey(5)) is not None
+
+
+def test_importing_cache_and_embeddings_does_not_import_torch():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; import MedSAMSlicerLib.cache, MedSAMSlicerLib.embeddings; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    library = Path(__file__).resolve().parents[1] / "MedSAMSlicer"
+    assert subprocess.run([sys.executable, "-c", code], cwd=library).returncode == 0

@@ -42,6 +42,10 @@ FILE_MAGIC = b"MEDSAMSLICER-EMBEDDING-1\n"
 
 FILE_SUFFIX = ".emb"
 
+COUNTER_NAMES = ("hits", "misses", "evictions", "encoded", "diskHits", "diskWrites", "diskRejected")
+"""Counters in stats(): hits/misses of get(), LRU evictions, slices encoded into the cache
+(reported by EmbeddingService), disk hits, files written, and files rejected as corrupt or mismatched."""
+
 
 @dataclass(frozen=True)
 class CacheKey:
@@ -58,6 +62,12 @@ class CacheKey:
     sliceIndex: int
     policyKey: str
     modelId: str
+
+    def __post_init__(self):
+        # numpy integers from callers would break JSON and equality with keys read back from files
+        fieldTypes = (("signature", str), ("axis", int), ("sliceIndex", int), ("policyKey", str), ("modelId", str))
+        for name, kind in fieldTypes:
+            object.__setattr__(self, name, kind(getattr(self, name)))
 
     def digest(self) -> str:
         """SHA-256 (hex) of all fields, stable across processes (used for file names)."""
@@ -158,7 +168,8 @@ def encodeEntryFile(key: CacheKey, embedding: SliceEmbedding) -> Optional[bytes]
         torch = _torchModule()
         features = _toCpu(features)
         extra = _toCpu(embedding.extra)
-        payload = {"features": features, "imageSize": list(embedding.imageSize), "nbytes": int(embedding.nbytes), "extra": extra}
+        payload = {"features": features, "imageSize": list(embedding.imageSize),
+                   "nbytes": int(embedding.nbytes), "extra": extra}
         torch.save(payload, buffer)
         fileFormat = "torch"
     elif isinstance(features, np.ndarray) and features.dtype != object:
@@ -262,7 +273,7 @@ class EmbeddingCache:
         self._lock = threading.RLock()
         self._entries: "OrderedDict[CacheKey, SliceEmbedding]" = OrderedDict()
         self._bytes = 0
-        self._counters = dict.fromkeys(("hits", "misses", "evictions", "encoded", "diskHits", "diskWrites", "diskRejected"), 0)
+        self._counters = dict.fromkeys(COUNTER_NAMES, 0)
         self._maxBytes = self._checkedBudget(maxBytes)
         self.folder = None
         if folder is not None:
