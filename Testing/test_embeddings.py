@@ -255,6 +255,41 @@ def test_waiting_request_goes_before_the_next_prefetch_batch():
     service.close(GATE_TIMEOUT)
 
 
+def test_cancel_while_waiting_for_an_in_flight_slice():
+    engine, source = RecordingEngine(), makeSource()
+    engine.gate.clear()
+    service = EmbeddingService(engine)
+    job = service.prefetch(source, 2, [3])
+    assert engine.entered.wait(GATE_TIMEOUT)
+    token, outcome = CancelToken(), {}
+
+    def request():
+        try:
+            service.embeddings(source, 2, [3], cancel=token)
+        except CancelledError as error:
+            outcome["error"] = error
+
+    caller = threading.Thread(target=request)
+    caller.start()
+    token.cancel()
+    caller.join(GATE_TIMEOUT)  # returns while the worker is still blocked inside the encoder
+    assert not caller.is_alive() and isinstance(outcome.get("error"), CancelledError)
+    engine.gate.set()
+    assert job.wait(GATE_TIMEOUT) and engine.counts() == {3: 1}
+    service.close(GATE_TIMEOUT)
+
+
+def test_prefetch_reuses_disk_entries_of_an_earlier_session(tmp_path):
+    source = makeSource()
+    EmbeddingService(RecordingEngine(), cache=EmbeddingCache(folder=tmp_path)).embeddings(source, 2, range(4))
+    engine = RecordingEngine()
+    service = EmbeddingService(engine, cache=EmbeddingCache(folder=tmp_path), batchSize=4)
+    assert service.prefetch(source, 2, range(6)).wait(GATE_TIMEOUT)
+    assert engine.batches == [[4, 5]]
+    assert sliceIds(service.embeddings(source, 2, range(6))) == list(range(6))
+    assert service.stats()["hits"] == 6
+    service.close(GATE_TIMEOUT)
+
 def test_tiny_sam_embedding_round_trips_through_the_disk_cache(tmp_path):
     pytest.importorskip("segment_anything")
     samengine = pytest.importorskip("MedSAMSlicerLib.samengine")
