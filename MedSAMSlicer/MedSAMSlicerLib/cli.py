@@ -15,6 +15,7 @@ exits with status 2 (1 for other failures); --debug shows the traceback.
 """
 
 import argparse
+import logging
 import sys
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -221,12 +222,8 @@ def _run(args) -> int:
         return runDemo(args)
     from . import clicommands
 
-    return {
-        "segment": clicommands.runSegment,
-        "evaluate": clicommands.runEvaluate,
-        "models": clicommands.runModels,
-        "download": clicommands.runDownload,
-    }[args.command](args)
+    command = getattr(clicommands, "run" + args.command.capitalize())  # runSegment, runEvaluate, ...
+    return command(args)
 
 
 def _silenceNativeMessages() -> None:
@@ -252,6 +249,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _validate(args)
         if not args.debug:
             _silenceNativeMessages()
+            logging.getLogger("MedSAMSlicerLib").setLevel(logging.ERROR)
         return int(_run(args) or 0)
     except MedSAMError as error:
         if args.debug:

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from .cli import AXES
-from .errors import CheckpointError, InputError, PromptError
+from .errors import CheckpointError, DownloadError, InputError, PromptError
 from .imageio import checkOutputPath, readImage, writeLabelmap, writeSegmentation
 
 WEIGHT_FREE_MODEL = "growcut"
@@ -57,7 +57,7 @@ def resolveModel(value):
     if spec.kind == "file":
         raise InputError(f"--model {value} needs a checkpoint: give its path as --model PATH.")
     if spec.kind == "download" and not _isCached(spec):
-        raise CheckpointError(f"the weights of {spec.modelId} are not downloaded: run `medsam-slicer download "
+        raise DownloadError(f"the weights of {spec.modelId} are not downloaded: run `medsam-slicer download "
                               f"{spec.modelId}` first, or use --model growcut (weight-free).")
     return spec.modelId, None
 
@@ -245,3 +245,74 @@ def segmentSummary(logic, maskKji, axis, writeSeconds, totalSeconds) -> dict:
         },
         "cache": {key: int(stats.get(key, 0)) for key in ("encoded", "hits", "misses")},
     }
+
+
+# ---------------------------------------------------------------- models, download
+
+
+def runModels(args) -> int:
+    """`models`: the registry with each model's cache status (and --json)."""
+    from .download import isModelCached, modelCacheFolder, modelPath
+    from .registry import loadRegistry
+
+    rows = []
+    for spec in loadRegistry().values():
+        if spec.kind == "download":
+            cached = isModelCached(spec)
+            status = f"cached at {modelPath(spec)}" if cached else f"not downloaded ({_megabytes(spec.sizeBytes)})"
+        else:
+            cached = None
+            status = "weight-free, always available" if spec.kind == "builtin" else "your checkpoint: --model PATH"
+        names = ", ".join((spec.modelId,) + tuple(spec.aliases))
+        rows.append({"id": spec.modelId, "aliases": list(spec.aliases), "name": spec.displayName,
+                     "kind": spec.kind, "cached": cached, "status": status, "names": names})
+    if args.json:
+        print(json.dumps([{k: v for k, v in row.items() if k != "names"} for row in rows]))
+        return 0
+    width = max(len(row["names"]) for row in rows)
+    for row in rows:
+        print(f"{row['names']:<{width}}  {row['name']}: {row['status']}")
+    print(f"model cache folder: {modelCacheFolder()} (set MEDSAM_SLICER_CACHE to move it)")
+    return 0
+
+
+def _megabytes(sizeBytes) -> str:
+    """'375 MB' or 'size unknown'."""
+    return f"{sizeBytes / 1e6:.0f} MB" if sizeBytes else "size unknown"
+
+
+class _DownloadProgress:
+    """Download progress on stderr: a rewritten line on a terminal, every 10% otherwise."""
+
+    def __init__(self, name):
+        self.name = name
+        self.lastTenth = -1
+        self.terminal = sys.stderr.isatty()
+
+    def __call__(self, fraction, text=""):
+        tenth = int(fraction * 10)
+        if self.terminal:
+            print(f"\rdownloading {self.name}: {fraction * 100:5.1f}% {text}", end="", file=sys.stderr, flush=True)
+        elif tenth != self.lastTenth:
+            self.lastTenth = tenth
+            info(f"downloading {self.name}: {tenth * 10}%")
+
+
+def runDownload(args) -> int:
+    """`download MODEL`: fetch a registry model's weights into the cache (resumes, verifies SHA-256)."""
+    from .download import ensureModel, isModelCached, modelPath
+    from .registry import getModelSpec
+
+    spec = getModelSpec(args.model)
+    if spec.kind != "download":
+        raise InputError(f"{spec.modelId} has nothing to download ({'weight-free' if spec.kind == 'builtin' else 'you give its file'}).")
+    if isModelCached(spec):
+        print(f"{spec.modelId} is already in the cache: {modelPath(spec)}")
+        return 0
+    info(f"downloading {spec.displayName} ({_megabytes(spec.sizeBytes)}) to {modelPath(spec).parent}")
+    progress = _DownloadProgress(spec.fileName)
+    path = ensureModel(spec, progress=progress)
+    if progress.terminal:
+        print(file=sys.stderr)
+    print(f"{spec.modelId} downloaded and verified: {path}")
+    return 0

@@ -277,6 +277,12 @@ def checkOutputPath(path) -> str:
     a folder that cannot be created or written, or a path that is a folder.
     """
     kind = outputKind(path)
+    prepareOutputFolder(path)
+    return kind
+
+
+def prepareOutputFolder(path) -> None:
+    """Create the folder of output file ``path`` if needed; InputError when it cannot be created or written."""
     path = os.path.abspath(os.fspath(path))
     folder = os.path.dirname(path)
     if os.path.isdir(path):
@@ -287,7 +293,6 @@ def checkOutputPath(path) -> str:
         raise InputError(f"cannot create the output folder {folder} ({error.strerror}): choose another --out.") from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise InputError(f"the output folder {folder} is not writable: choose another --out.")
-    return kind
 
 
 @contextlib.contextmanager
@@ -298,7 +303,7 @@ def atomicOutput(path):
     Raises InputError when the folder is not writable.
     """
     path = os.path.abspath(os.fspath(path))
-    checkOutputPath(path)
+    prepareOutputFolder(path)
     folder, extension = os.path.dirname(path), lowerExtension(path)
     # A fresh, not yet existing name: writers refuse or complain about existing files.
     temporaryPath = os.path.join(folder, f".medsam-{os.getpid()}-{uuid.uuid4().hex[:8]}{extension}")
@@ -398,3 +403,24 @@ def _fillLabelFromSegmentation(labelNode, segmentationNode, referenceVolume, seg
     logic = slicer.vtkSlicerSegmentationsModuleLogic
     if not logic.ExportSegmentsToLabelmapNode(segmentationNode, ids, labelNode, referenceVolume):
         raise InputError("the segmentation could not be exported to a labelmap on the image's grid.")
+
+
+def writeVolume(volumeNode, path) -> str:
+    """Write a volume node (e.g. a generated sample image) to .nrrd / .nii.gz / .mha, atomically.
+
+    Uses Slicer's volume storage node, so the file opens in Slicer with the
+    node's geometry. Returns the absolute path; InputError when it cannot be written.
+    """
+    import slicer
+
+    if lowerExtension(path) not in (".nrrd", ".nii.gz", ".nii", ".mha"):
+        raise InputError(f"{path}: write volumes as *.nrrd, *.nii.gz or *.mha.")
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetUseCompression(True)
+    with atomicOutput(path) as temporaryPath:
+        storage.SetFileName(temporaryPath)
+        with quietNativeStderr():
+            written = storage.WriteData(volumeNode)
+        if not written:
+            raise InputError(f"writing {os.path.basename(path)} failed: check the folder is writable and has space.")
+    return os.path.abspath(path)
