@@ -132,7 +132,7 @@ def test_standard_views_pick_the_matching_axis_for_lps_and_permuted_volumes(scen
 def test_oblique_view_raises_a_geometry_error_that_says_which_views_work(scene):
     oblique = _addVolume(DIRECTIONS["oblique"])
     axial = _sliceNode((0, 0, 1), (1, 0, 0))
-    with pytest.raises(GeometryError, match="Reformat.*Align with volume") as error:
+    with pytest.raises(GeometryError, match="Rotate to volume plane") as error:
         axisFromSliceNode(oblique, axial)
     assert "axial" in str(error.value) or "sagittal" in str(error.value)
     # Half a degree off a volume plane still counts as that plane; 3 degrees does not.

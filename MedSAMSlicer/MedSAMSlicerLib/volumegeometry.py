@@ -20,8 +20,8 @@ from .slicesource import SliceSource
 #: A view plane matches an IJK plane when their normals differ by at most this (degrees).
 AXIS_TOLERANCE_DEGREES = 1.0
 
-_REFORMAT_ADVICE = ("Reformat the view to the volume's planes (slice view > Reformat > Align with volume), "
-                    "or use one of the volume's own slice planes")
+_REFORMAT_ADVICE = ("Align the view with the volume: Reformat module (or the slice view's menu) > "
+                    "Rotate to volume plane, then segment again")
 
 
 def _matrixToArray(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
