@@ -146,7 +146,8 @@ def _transfer(url, destPath: Path, partPath: Path, offset: int, sizeBytes, progr
         logger.info("Server ignored the Range request for %s; starting over.", url)
     with response:
         length = response.headers.get("Content-Length")
-        total = sizeBytes or (start + int(length) if length and length.isdigit() else None)
+        # The server's own length tells an interrupted transfer from a wrong file (checked by _verify).
+        total = start + int(length) if length and length.isdigit() else sizeBytes
         done = _copyBody(response, url, destPath, partPath, start, total, progress, cancel)
     if total is not None and done < total:
         raise DownloadError(f"The download of {destPath.name} from {url} stopped after {done} of {total} bytes. "
