@@ -10,7 +10,9 @@ prompts:
   of the box's half sizes) is the foreground seed; the mask is restricted to
   the box.
 - points: a positive point seeds a foreground disc, a negative point a
-  background disc (radius ``pointRadiusPixels``).
+  background disc (radius ``pointRadiusPixels``). When positive points are
+  given and the box core's intensity is unlike all of theirs (the box centre
+  missed the object), the core is not used as a seed.
 - previousLowResLogits (passed by propagation from the neighbouring slice):
   for this engine it is the signed full-resolution mask it returned as
   ``lowResLogits`` (+1 inside, -1 outside); its deep interior (pixels at least
@@ -48,6 +50,8 @@ SEED_BACKGROUND = 2
 #: Boundary contrast-to-noise of a boundary drawn through pure noise, and the span above it that maps to score 1.
 CONTRAST_NOISE_LEVEL = 1.0
 CONTRAST_SPAN = 2.0
+#: Smallest intensity difference (in [0, 1] units) at which a box core counts as unlike the positive clicks.
+CORE_POINT_TOLERANCE = 0.05
 
 
 def _growCutFilterClass():
@@ -198,7 +202,7 @@ class GrowCutEngine(Engine):
     modelId = "growcut"
     displayName = "GrowCut (weight-free)"
 
-    def __init__(self, coreFraction: float = 0.3, ringPixels: int = 3, pointRadiusPixels: int = 2,
+    def __init__(self, coreFraction: float = 0.3, ringPixels: int = 3, pointRadiusPixels: int = 1,
                  smoothingSigma: float = 1.0, distancePenalty: float = 0.0, priorErosionPixels: int = 2,
                  maxWorkPixels: int = 384 * 384, priorDepthFraction: float = 0.5):
         self.coreFraction = float(coreFraction)
@@ -307,7 +311,9 @@ class GrowCutEngine(Engine):
         if prompts.boxXyxy is not None:
             ring = ndimage.binary_dilation(region, iterations=self.ringPixels) & ~region
             seeds[ring] = SEED_BACKGROUND
-            seeds[self._foregroundCore(image, prompts, region)] = SEED_FOREGROUND
+            core = self._foregroundCore(image, prompts, region)
+            if self._agreesWithPositivePoints(image, core, prompts):
+                seeds[core] = SEED_FOREGROUND
         else:
             seeds[0, :] = seeds[-1, :] = seeds[:, 0] = seeds[:, -1] = SEED_BACKGROUND
         yy, xx = np.ogrid[:shape[0], :shape[1]]
@@ -328,6 +334,23 @@ class GrowCutEngine(Engine):
         median = np.median(values)
         spread = 1.4826 * np.median(np.abs(values - median)) + 1e-3
         return seeds & (np.abs(image - median) <= 3.0 * spread)
+
+    @staticmethod
+    def _agreesWithPositivePoints(image: np.ndarray, core: np.ndarray, prompts: Prompts) -> bool:
+        """False when positive clicks exist and the core's typical intensity is unlike theirs.
+
+        The box centre may miss the object (a C shape, two objects in one box);
+        the user's positive clicks then say what the object looks like.
+        """
+        positive = prompts.pointsXy[prompts.pointLabels == 1]
+        if len(positive) == 0 or not core.any():
+            return True
+        cols = np.clip(np.round(positive[:, 0]).astype(int), 0, image.shape[1] - 1)
+        rows = np.clip(np.round(positive[:, 1]).astype(int), 0, image.shape[0] - 1)
+        values = image[core]
+        median = np.median(values)
+        tolerance = max(3.0 * 1.4826 * np.median(np.abs(values - median)), CORE_POINT_TOLERANCE)
+        return bool(np.any(np.abs(image[rows, cols] - median) <= tolerance))
 
     def _foregroundCore(self, image: np.ndarray, prompts: Prompts, region: np.ndarray) -> np.ndarray:
         """Foreground seed inside the box: the eroded previous mask if given, else the central ellipse."""

@@ -78,7 +78,8 @@ class PropagationResult:
     """Masks per slice (bool (H, W) slice images), scores, and why each direction stopped.
 
     stopReasons: {"up": reason, "down": reason}, "up" = increasing slice index.
-    sliceRange: the (k0, k1) range propagation was confined to. timings: seconds
+    sliceRange: the (k0, k1) range propagation was confined to; clipXyxy: the
+    box prompts were clipped to (a 3D ROI's in-plane box) or None. timings: seconds
     spent getting embeddings ("encode", cache hits included) and decoding ("decode").
     """
 
@@ -87,6 +88,7 @@ class PropagationResult:
     scores: Dict[int, float] = field(default_factory=dict)
     stopReasons: Dict[str, str] = field(default_factory=lambda: {"up": STOP_NOT_RUN, "down": STOP_NOT_RUN})
     sliceRange: Optional[Tuple[int, int]] = None
+    clipXyxy: Optional[Tuple[float, float, float, float]] = None
     timings: Dict[str, float] = field(default_factory=lambda: {"encode": 0.0, "decode": 0.0})
 
     def toVolumeMask(self, source, axis: Optional[int] = None) -> np.ndarray:
@@ -179,15 +181,17 @@ class _Walker:
             self._fetched.update(zip(batch, embeddings))
         return self._fetched.pop(k)
 
-    def step(self, k, direction, last, previousMask, previousLogits, points=None):
-        """Decode slice k prompted from the previous slice's mask; returns (DecodeResult or None, reason)."""
-        box = enlargedBox(previousMask, self.marginPixels, self.clipXyxy)
+    def step(self, k, direction, last, previousMask, previousLogits, boxHint=None):
+        """Decode slice k prompted from the previous slice's mask; returns (DecodeResult or None, reason).
+
+        boxHint: an optional mask on slice k (its old result) whose box is joined to the prompt box.
+        """
+        boxMask = previousMask if boxHint is None else (previousMask | boxHint)
+        box = enlargedBox(boxMask, self.marginPixels, self.clipXyxy)
         if box is None:
             return None, STOP_VANISHED
         embedding = self.embedding(k, direction, last)
-        pointsXy, labels = points if points is not None else (np.zeros((0, 2)), np.zeros(0))
-        prompts = Prompts(boxXyxy=box, pointsXy=pointsXy, pointLabels=labels,
-                          previousLowResLogits=previousLogits if self.settings.useLowResMask else None)
+        prompts = Prompts(boxXyxy=box, previousLowResLogits=previousLogits if self.settings.useLowResMask else None)
         start = time.perf_counter()
         decoded = _decode(self.service, embedding, prompts)
         self.result.timings["decode"] += time.perf_counter() - start
@@ -250,7 +254,7 @@ def propagate(service, source, axis: int, seedSliceIndex: int, seedMaskImage, se
         raise InputError("The seed slice has an empty mask: segment the object on one slice first.")
     if not k0 <= seedSliceIndex <= k1:
         raise InputError(f"Seed slice {seedSliceIndex} lies outside the slice range {k0}..{k1}.")
-    result = PropagationResult(axis=axis, sliceRange=(k0, k1))
+    result = PropagationResult(axis=axis, sliceRange=(k0, k1), clipXyxy=clipXyxy)
     result.masks[seedSliceIndex], result.scores[seedSliceIndex] = seedMask, float(seedScore)
     walker = _Walker(service, source, axis, settings, result, clipXyxy, cancel)
     result.stopReasons["up"] = _walk(walker, seedSliceIndex, seedMask, seedLowResLogits, +1, k1, progress, 0.0)
@@ -342,10 +346,12 @@ def correctSlice(service, source, axis: int, previousResult: PropagationResult, 
 
     prompts: the user's points on slice sliceIndex (image pixels); without a
     box, the current mask's box on that slice (enlarged by marginMm) is added.
+    Each re-propagated slice is prompted with the box of the new neighbouring
+    mask joined with its old mask (the old result bounds where the object is).
     Each direction stops at the first slice whose new mask has IoU >
     settings.changeIou with the old one (old masks are kept from there on), at
     a stop rule (older masks beyond are kept), or at the previous result's
-    slice range. Embeddings come from the service's cache: nothing cached is
+    slice range; propagated boxes are clipped to previousResult.clipXyxy. Embeddings come from the service's cache: nothing cached is
     re-encoded. Returns a new PropagationResult; previousResult is not modified.
     """
     settings = settings or PropagationSettings()
@@ -354,18 +360,18 @@ def correctSlice(service, source, axis: int, previousResult: PropagationResult, 
     if not k0 <= sliceIndex <= k1:
         raise InputError(f"Slice {sliceIndex} lies outside the result's slice range {k0}..{k1}.")
     result = PropagationResult(axis=axis, masks=dict(previousResult.masks), scores=dict(previousResult.scores),
-                               sliceRange=(k0, k1))
+                               sliceRange=(k0, k1), clipXyxy=previousResult.clipXyxy)
     oldMask = previousResult.masks.get(sliceIndex)
     if prompts.boxXyxy is None and oldMask is not None and oldMask.any():
         marginPixels = settings.marginMm / source.pixelSpacing(axis)
-        prompts = Prompts(boxXyxy=enlargedBox(oldMask, marginPixels), pointsXy=prompts.pointsXy,
+        prompts = Prompts(boxXyxy=enlargedBox(oldMask, marginPixels, result.clipXyxy), pointsXy=prompts.pointsXy,
                           pointLabels=prompts.pointLabels)
     embedding = service.embedding(source, axis, sliceIndex)
     start = time.perf_counter()
     decoded = _decode(service, embedding, prompts)
     result.timings["decode"] += time.perf_counter() - start
     result.masks[sliceIndex], result.scores[sliceIndex] = decoded.mask, float(decoded.score)
-    walker = _Walker(service, source, axis, settings, result, None, cancel)
+    walker = _Walker(service, source, axis, settings, result, result.clipXyxy, cancel)
     for name, direction, last in (("up", +1, k1), ("down", -1, k0)):
         result.stopReasons[name] = _rewalk(walker, previousResult, sliceIndex, decoded, direction, last)
     reportProgress(progress, 1.0, "Correction propagated")
@@ -383,10 +389,10 @@ def _rewalk(walker: _Walker, previousResult, sliceIndex, decoded, direction, las
     while (last - k) * direction >= 0:
         if walker.cancel is not None:
             walker.cancel.raiseIfCancelled()
-        new, reason = walker.step(k, direction, k, previousMask, previousLogits)
+        old = previousResult.masks.get(k)
+        new, reason = walker.step(k, direction, k, previousMask, previousLogits, boxHint=old)
         if reason is not None:
             return reason
-        old = previousResult.masks.get(k)
         result.masks[k], result.scores[k] = new.mask, float(new.score)
         if old is not None and maskIou(new.mask, old) > settings.changeIou:
             return STOP_UNCHANGED
