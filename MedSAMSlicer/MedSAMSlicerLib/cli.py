@@ -179,7 +179,7 @@ def buildParser() -> argparse.ArgumentParser:
     evaluate.add_argument("image", metavar="IMAGE")
     evaluate.add_argument("labelImage", metavar="LABEL", help="ground-truth label image on IMAGE's grid")
     evaluate.add_argument("--label", type=int, default=None, metavar="N",
-                          help="label value of the structure (default: the only non-zero value, else 1)")
+                          help="label value of the structure (default: the only non-zero value of LABEL)")
     evaluate.add_argument("--clicks", type=int, default=5, metavar="N", help="corrective click budget (default 5)")
     evaluate.add_argument("--axis", default="k", choices=tuple(AXES), help="slicing direction (default k)")
     evaluate.add_argument("--volume-index", type=int, metavar="N", help="volume N (0-based) of a 4D image")

@@ -316,3 +316,91 @@ def runDownload(args) -> int:
         print(file=sys.stderr)
     print(f"{spec.modelId} downloaded and verified: {path}")
     return 0
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+def labelOnImageGrid(labelNode, volumeNode) -> np.ndarray:
+    """The label's voxels on the image's voxel grid (KJI), matched by physical (RAS) position.
+
+    Identical grids are returned as they are; otherwise each image voxel takes
+    the nearest label voxel (e.g. a label stored with a flipped axis), and
+    voxels outside the label's grid get 0.
+    """
+    import slicer
+
+    labelKji = slicer.util.arrayFromVolume(labelNode)
+    if labelKji.ndim != 3:
+        raise InputError("the label image has several components per voxel: give a single-component label map.")
+    imageToLabel = np.linalg.inv(_ijkToRasMatrix(labelNode)) @ _ijkToRasMatrix(volumeNode)
+    dims = _dimensionsIjk(volumeNode)
+    if labelKji.shape == dims[::-1] and np.allclose(imageToLabel, np.eye(4), atol=1e-3):
+        return np.array(labelKji)
+    k, j, i = np.meshgrid(*(np.arange(n) for n in dims[::-1]), indexing="ij")
+    pointsIjk = np.stack([i.ravel(), j.ravel(), k.ravel(), np.ones(i.size)])
+    labelIjk = np.rint(imageToLabel @ pointsIjk)[:3].astype(np.int64)
+    inside = np.all((labelIjk >= 0) & (labelIjk < np.array(labelKji.shape[::-1])[:, None]), axis=0)
+    values = np.zeros(i.size, labelKji.dtype)
+    values[inside] = labelKji[labelIjk[2, inside], labelIjk[1, inside], labelIjk[0, inside]]
+    if not inside.any():
+        raise InputError("the label image does not overlap the image in space: give the label map of this image.")
+    return values.reshape(dims[::-1])
+
+
+def truthFromLabel(labelKji, labelValue=None) -> np.ndarray:
+    """bool truth of ``labelValue`` (default: the only non-zero value); InputError naming the values present."""
+    present = [v.item() for v in np.unique(labelKji) if v != 0]
+    if not present:
+        raise InputError("the label image is empty (all zero) over the image: give a label map with the structure.")
+    if labelValue is None:
+        if len(present) > 1:
+            shown = ", ".join(str(v) for v in present[:20]) + (" ..." if len(present) > 20 else "")
+            raise InputError(f"the label image holds several labels ({shown}): choose one with --label N.")
+        labelValue = present[0]
+    truth = labelKji == labelValue
+    if not truth.any():
+        raise InputError(f"label {labelValue} is not in the label image (values: {', '.join(str(v) for v in present[:20])}).")
+    return truth
+
+
+def runEvaluate(args) -> int:
+    """`evaluate IMAGE LABEL`: the simulated user (box from the truth, corrective clicks); Dice and NoC@85/90."""
+    from .headlessscene import createHeadlessScene
+    from .simulateduser import simulate2d, simulate3d
+
+    started = time.perf_counter()
+    modelName, checkpointPath = resolveModel(args.model)
+    scene = createHeadlessScene()
+    volumeNode = readImage(args.image, scene, args.volume_index)
+    labelNode = readImage(args.labelImage, scene)
+    truthKji = truthFromLabel(labelOnImageGrid(labelNode, volumeNode), args.label)
+    logic = createLogic(scene, volumeNode, modelName, checkpointPath, args.device)
+    axis = AXES[args.axis]
+    source = logic.source
+    if source.sliceCount(axis) == 1:
+        native = truthKji[source.sliceSelector(axis, 0)]
+        outcome = simulate2d(logic.service, source.sliceImage(axis, 0), source.nativeMaskToImage(axis, native),
+                             clickBudget=args.clicks, pixelSpacingMm=source.pixelSpacing(axis))
+        dimension = "2D"
+    else:
+        outcome = simulate3d(logic.service, source, truthKji, axis=axis, clickBudget=args.clicks)
+        dimension = "3D"
+    summary = {
+        "dice": round(float(outcome.dices[-1]), 4),
+        "noc85": int(outcome.noc85),
+        "noc90": int(outcome.noc90),
+        "clicks": len(outcome.clicks),
+        "diceAfterBox": round(float(outcome.dices[0]), 4),
+        "dices": [round(float(d), 4) for d in outcome.dices],
+        "dimension": dimension,
+        "model": modelName,
+        "clickBudget": args.clicks,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    print(f"{dimension} Dice {summary['dice']:.3f} after {summary['clicks']} click(s) "
+          f"(box only {summary['diceAfterBox']:.3f}); NoC@85 {summary['noc85']}, NoC@90 {summary['noc90']} "
+          f"(budget {args.clicks}; budget + 1 = never reached); model {modelName}")
+    if args.json:
+        print(json.dumps(summary))
+    return 0
