@@ -151,7 +151,7 @@ class SegmentWriter:
     ``writer.segmentEditorNode`` directly when no settingsNode is given.
     """
 
-    def __init__(self, segmentationNode, volumeNode, settingsNode=None):
+    def __init__(self, segmentationNode, volumeNode, settingsNode=None, createSegmentation=True):
         import slicer
 
         if volumeNode is None or volumeNode.GetImageData() is None:
@@ -159,7 +159,7 @@ class SegmentWriter:
         self.volumeNode = volumeNode
         self.scene = volumeNode.GetScene()
         self.createdSegmentId = None
-        if segmentationNode is None:
+        if segmentationNode is None and createSegmentation:
             segmentationNode, self.createdSegmentId = createSegmentationNode(volumeNode)
         self.segmentationNode = segmentationNode
         self.settingsNode = settingsNode
@@ -173,22 +173,35 @@ class SegmentWriter:
         self.editorLogic = slicer.vtkSlicerSegmentEditorLogic()
         self.editorLogic.SetMRMLScene(self.scene)
         self.editorLogic.SetSegmentEditorNode(editorNode)
+        self.setSegmentationNode(segmentationNode)
+
+    def setSegmentationNode(self, segmentationNode):
+        """Write into ``segmentationNode`` from now on (None: preview only); clears the undo history."""
+        self.segmentationNode = segmentationNode
+        self.editorLogic.ClearUndoState()
         self.editorLogic.SetSegmentationNode(segmentationNode)
-        self.editorLogic.SetSourceVolumeNode(volumeNode)
+        if segmentationNode is not None:
+            self.editorLogic.SetSourceVolumeNode(self.volumeNode)
 
     # ------------------------------------------------------------------ preview
 
-    def showPreview(self, maskKji):
+    def showPreview(self, maskKji, extentIjk=None):
         """Show ``maskKji`` (bool KJI on the volume grid) as the preview; None or an empty mask clears it.
 
         The preview node is created on first use: hidden from editors, not saved
-        with the scene, outside undo. Only the mask's bounding box is stored.
+        with the scene, outside undo. Only the mask's bounding box is stored;
+        ``extentIjk`` (inclusive (i0, i1, j0, j1, k0, k1) containing every True
+        voxel) spares scanning the whole mask for it.
         """
         import slicer
 
         node = self._ensurePreviewNode()
         node.SetAndObserveTransformNodeID(self.volumeNode.GetTransformNodeID())
-        extent = None if maskKji is None else maskBoundingExtent(self._checkMask(maskKji))
+        if maskKji is None:
+            extent = None
+        else:
+            maskKji = self._checkMask(maskKji)
+            extent = tuple(extentIjk) if extentIjk is not None else maskBoundingExtent(maskKji)
         if extent is None:
             maskKji, extent = np.zeros((1, 1, 1), bool), (0, 0, 0, 0, 0, 0)
         image = orientedImageFromMask(maskKji, volumeIjkToNodeMatrix(self.volumeNode, node), extent)
@@ -240,6 +253,8 @@ class SegmentWriter:
         or replaceSlices without slices; on failure the segment is restored.
         """
         maskKji = self._checkMask(maskKji)
+        if self.segmentationNode is None:
+            raise InputError("No segmentation to write into: select or create a segmentation first.")
         if mode not in MODES:
             raise InputError(f"Unknown apply mode '{mode}': use one of {', '.join(MODES)}.")
         _requireSegment(self.segmentationNode, segmentId)
