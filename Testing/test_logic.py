@@ -350,3 +350,102 @@ def test_timings_are_recorded(setup):
     logic.apply()
     assert set(logic.timings) == {"encode", "decode", "write", "total"}
     assert all(value > 0.0 for value in logic.timings.values())
+
+
+def test_propagation_segments_the_ball_in_3d_and_apply_replaces_those_slices(scene):
+    voxels, obj, decoy, centre = ballsPhantom(2)
+    volume = makeVolume(scene, voxels, "oblique")
+    logic = MedSAMLogic(scene)
+    logic.setVolume(volume)
+    logic.setAxis(2)
+    logic.setPromptNodes(addRoi(scene, volume, centre, 2))
+    segmentationNode, segmentId = logic.setSegmentation()
+    elsewhere = np.zeros(SHAPE_KJI, bool)
+    elsewhere[:, 20:23, 2:5] = True  # on every slice, away from the object
+    logic.writer.apply(segmentId, elsewhere, "add")
+    fingerprint = internalLabelmap(segmentationNode, segmentId)
+    progress = []
+    logic.progress.connect(lambda fraction, text: progress.append(fraction))
+    result = logic.propagate()
+    mask = logic.previewMaskKji
+    assert len(result.masks) > 3 and progress[-1] == 1.0
+    assert dice(mask, obj) > 0.75 and not (mask & decoy).any()
+    covered = logic.lastResult.sliceIndices
+    logic.apply()
+    written = segmentMaskKji(segmentationNode, segmentId, volume)
+    np.testing.assert_array_equal(written[covered], mask[covered])  # the previewed slices are what the preview showed
+    others = [k for k in range(SHAPE_KJI[0]) if k not in covered]
+    np.testing.assert_array_equal(written[others], elsewhere[others])  # the other slices are kept
+    logic.undo()
+    assert internalLabelmap(segmentationNode, segmentId) == fingerprint
+    logic.cleanup()
+
+
+def test_propagation_stays_inside_a_3d_box_and_can_run_in_a_worker(setup, scene):
+    logic, volume, roi, obj, decoy, centre = setup
+    k = int(centre[2])
+    box3d = addRoi(scene, volume, centre, 2, thickness=1.6)  # slices k-1 .. k+1
+    logic.setPromptNodes(box3d)
+    job = logic.preparePropagation()
+    outcome = {}
+    worker = threading.Thread(target=lambda: outcome.setdefault("result", job.run()))
+    worker.start()
+    worker.join(60)
+    logic.showResult(outcome["result"])
+    assert sorted(outcome["result"].sliceIndices) == [k - 1, k, k + 1]
+    assert not logic.previewMaskKji[: k - 1].any() and not logic.previewMaskKji[k + 2 :].any()
+    cancel = CancelToken()
+    cancel.cancel()
+    with pytest.raises(CancelledError):
+        logic.preparePropagation().run(cancel=cancel)
+
+
+def test_postprocessing_is_off_by_default_and_keeps_the_largest_component_when_asked(scene):
+    from scipy import ndimage
+
+    voxels, obj, decoy, centre = ballsPhantom(2)
+    volume = makeVolume(scene, voxels, "RAS")
+    logic = MedSAMLogic(scene)
+    logic.setVolume(volume)
+    logic.setAxis(2)
+    # One box over both balls and a positive click on each: the raw mask has two components.
+    mirrored = np.array(SHAPE_KJI[::-1]) - 1.0 - centre
+    mirrored[2] = centre[2]
+    points = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+    for pointIjk in (centre, mirrored):
+        points.AddControlPoint(*(ijkToWorld(volume) @ np.r_[pointIjk, 1.0])[:3])
+    logic.setPromptNodes(addRoi(scene, volume, (centre + mirrored) / 2.0, 2, halfVoxels=11.0), points)
+    assert not logic.postprocess.largestComponent and not logic.postprocess.fillHoles
+    logic.segmentSlice()
+    k = int(centre[2])
+    assert ndimage.label(logic.previewMaskKji[k])[1] == 2
+    logic.postprocess.largestComponent = True
+    logic.segmentSlice()
+    assert ndimage.label(logic.previewMaskKji[k])[1] == 1
+    logic.cleanup()
+
+
+def test_set_model_by_name_and_unknown_names_are_refused(setup):
+    logic, volume, roi, obj, decoy, centre = setup
+    engine = logic.setModel("growcut")
+    assert engine.modelId == "growcut" and logic.engine is engine
+    logic.segmentSlice()
+    with pytest.raises(InputError, match="Unknown engine"):
+        logic.setModel("no-such-model")
+    assert logic.engine is engine  # a failed switch keeps the working engine
+
+
+def test_sam_path_runs_end_to_end_through_the_logic(setup, tmp_path):
+    from MedSAMSlicerLib.tinymodel import writeTinyCheckpoint
+
+    logic, volume, roi, obj, decoy, centre = setup
+    checkpoint = writeTinyCheckpoint(tmp_path / "tiny_sam.pth")
+    engine = logic.setModel(str(checkpoint), device="cpu")
+    assert engine.modelId != "growcut"
+    decoded = logic.segmentSlice()
+    assert decoded.mask.shape == logic.source.imageShape(2) and 0.0 <= decoded.score <= 1.0
+    assert logic.cacheStats()["encoded"] == 1
+    segmentationNode, segmentId = logic.setSegmentation()
+    preview = logic.previewMaskKji.copy()
+    logic.apply("add")
+    np.testing.assert_array_equal(segmentMaskKji(segmentationNode, segmentId, volume), preview)

@@ -72,15 +72,16 @@ def boundingExtent(maskKji: np.ndarray):
     return (int(i[0]), int(i[-1]), int(j[0]), int(j[-1]), int(k[0]), int(k[-1]))
 
 
-def _cleanUp(mask: np.ndarray, options: PostprocessOptions) -> np.ndarray:
+def _cleanUp(mask: np.ndarray, options: PostprocessOptions, axis: int = 2) -> np.ndarray:
+    """Apply the chosen clean-ups to a 2D slice image mask or a 3D KJI mask (holes filled slice by slice along ``axis``)."""
     if not options.active or not mask.any():
         return mask
     from . import postprocess
 
     if options.fillHoles:
-        mask = postprocess.fillHoles(mask)
+        mask = postprocess.fillHoles(mask, perSlice=mask.ndim == 3, axis=axis)
     if options.largestComponent:
-        mask = postprocess.largestComponent(mask)
+        mask = postprocess.keepLargestComponent(mask)
     return np.asarray(mask, dtype=bool)
 
 
@@ -172,12 +173,16 @@ class PropagationJob(_Job):
             raise PromptError(f"The prompts give an empty mask on slice {self.promptSet.sliceIndex}: "
                               "adjust the box or points until the slice preview shows the object, then propagate.")
         settings = self.settings if self.settings is not None else PropagationSettings()
+        # Inside a 3D box, every propagated prompt stays within the box (MedSAM's 3D box protocol).
+        inBox = self.promptSet.sliceRange is not None and self.promptSet.prompts.boxXyxy is not None
         result = propagate(self.service, self.source, self.axis, self.promptSet.sliceIndex, seedImage, settings,
-                           sliceRange=self.sliceRange, progress=progress, cancel=cancel)
+                           sliceRange=self.sliceRange, progress=progress, cancel=cancel, seedScore=decoded.score,
+                           seedLowResLogits=decoded.lowResLogits,
+                           clipXyxy=self.promptSet.prompts.boxXyxy if inBox else None)
         if cancel is not None:
             cancel.raiseIfCancelled()
         maskKji = np.asarray(result.toVolumeMask(self.source, self.axis), dtype=bool)
-        maskKji = _cleanUp(maskKji, self.postprocess)
+        maskKji = _cleanUp(maskKji, self.postprocess, self.axis)
         timings["encode"] = self.service.timings["encode"] - encodeBefore
         timings["decode"] = self.service.timings["decode"] - decodeBefore
         timings["total"] = time.perf_counter() - started
