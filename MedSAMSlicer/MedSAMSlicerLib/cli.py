@@ -242,9 +242,30 @@ def _silenceNativeMessages() -> None:
         pass
 
 
+COORDINATE_OPTIONS = ("--box", "--box-ras", "--point", "--point-ras")
+
+
+def joinNegativeValues(argv: Sequence[str]) -> List[str]:
+    """Let coordinate values start with a minus sign: `--box-ras -20,5,...` becomes `--box-ras=-20,5,...`.
+
+    argparse would otherwise take "-20,5,..." for an option and stop with "expected one argument".
+    """
+    joined, index = [], 0
+    while index < len(argv):
+        token = argv[index]
+        following = argv[index + 1] if index + 1 < len(argv) else ""
+        if token in COORDINATE_OPTIONS and following[:1] == "-" and (following[1:2].isdigit() or following[1:2] == "."):
+            joined.append(f"{token}={following}")
+            index += 2
+            continue
+        joined.append(token)
+        index += 1
+    return joined
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of `medsam-slicer`: parse, validate, run; one stderr line and a non-zero status on errors."""
-    args = buildParser().parse_args(argv)
+    args = buildParser().parse_args(joinNegativeValues(sys.argv[1:] if argv is None else list(argv)))
     try:
         _validate(args)
         if not args.debug:
@@ -274,7 +295,7 @@ def _oneLine(error: BaseException) -> str:
 
 def cliArgs(argv: List[str]):
     """Parse and validate ``argv`` like main() does and return the namespace (for tests and scripts)."""
-    args = buildParser().parse_args(argv)
+    args = buildParser().parse_args(joinNegativeValues(argv))
     _validate(args)
     return args
 
