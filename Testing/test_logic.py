@@ -449,3 +449,39 @@ def test_sam_path_runs_end_to_end_through_the_logic(setup, tmp_path):
     preview = logic.previewMaskKji.copy()
     logic.apply("add")
     np.testing.assert_array_equal(segmentMaskKji(segmentationNode, segmentId, volume), preview)
+
+
+def test_a_click_on_the_3d_preview_corrects_it_without_re_encoding(setup, scene):
+    logic, volume, roi, obj, decoy, centre = setup
+    negative = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "negative")
+    logic.setPromptNodes(roi, None, negative)
+    logic.propagate()
+    before = logic.previewMaskKji.copy()
+    k = int(centre[2]) + 1
+    assert before[k].any()
+    encoded = logic.cacheStats()["encoded"]
+    # A negative click in the middle of the object on a propagated slice: the preview follows, in 3D.
+    negative.AddControlPoint(*(ijkToWorld(volume) @ np.r_[centre[0], centre[1], k, 1.0])[:3])
+    after = logic.previewMaskKji
+    assert logic.lastResult.kind == "volume" and logic.lastError is None
+    assert after[k].sum() < before[k].sum()
+    assert logic.cacheStats()["encoded"] == encoded
+    assert isinstance(logic.prepareUpdate(), type(logic.prepareCorrection()))
+    negative.RemoveAllControlPoints()
+    logic.segmentSlice()
+    with pytest.raises(InputError, match="propagate first"):
+        logic.prepareCorrection()
+
+
+def test_cache_budget_and_clearing_embeddings(setup):
+    logic, volume, roi, obj, decoy, centre = setup
+    logic.setCacheBudget(1 << 20)
+    logic.segmentSlice()
+    assert logic.cacheStats()["maxBytes"] == 1 << 20 and logic.cacheStats()["entries"] == 1
+    logic.clearEmbeddings()
+    assert logic.cacheStats()["entries"] == 0
+    encoded = logic.cacheStats()["encoded"]
+    logic.segmentSlice()
+    assert logic.cacheStats()["encoded"] == encoded + 1
+    with pytest.raises(InputError, match="positive"):
+        logic.setCacheBudget(0)

@@ -21,18 +21,14 @@ import time
 from typing import Callable, Optional
 
 from .errors import InputError, MedSAMError
-from .logicjobs import PostprocessOptions, PropagationJob, SegmentationResult, SliceJob
+from .logicjobs import CorrectionJob, PostprocessOptions, PropagationJob, SegmentationResult, SliceJob
+from .logicobservers import DEBOUNCE_MS, MARKUP_EVENTS, VOLUME_EVENTS, ObservationMixin
 from .progress import Signal
 
 LOG = logging.getLogger(__name__)
 
-VOLUME_EVENTS = ("ImageDataModifiedEvent", "TransformModifiedEvent", "ModifiedEvent")
-MARKUP_EVENTS = ("PointModifiedEvent", "PointAddedEvent", "PointRemovedEvent", "ModifiedEvent")
-#: Delay (ms) the widget's timer waits to coalesce markup events into one preview update.
-DEBOUNCE_MS = 150
 
-
-class MedSAMLogic:
+class MedSAMLogic(ObservationMixin):
     """Prompts on a volume -> preview -> segment, with undo; see docs/console.md for a session.
 
     scene: the vtkMRMLScene (slicer.mrmlScene when None).
@@ -77,7 +73,7 @@ class MedSAMLogic:
         self._markupObservers = []
         self._updatePending = False
         self._updateScheduled = False
-        self._geometryKey = None
+        self._volumeStateKey = None
 
     # ------------------------------------------------------------------ inputs
 
@@ -97,7 +93,7 @@ class MedSAMLogic:
         self._removeObservers(self._volumeObservers)
         self._clearPreview()
         self.volumeNode, self.policy, self.source = volumeNode, policy, source
-        self._geometryKey = self._volumeState()
+        self._volumeStateKey = self._volumeState()
         self._volumeObservers = self._observe(volumeNode, VOLUME_EVENTS, self._onVolumeEvent)
         if self.writer is not None and self.writer.volumeNode is not volumeNode:
             self.writer.close()
@@ -219,6 +215,40 @@ class MedSAMLogic:
         return PropagationJob(self._ensureService(), self.source, self.axis, promptSet, self.postprocess,
                               settings if settings is not None else self.propagationSettings, sliceRange)
 
+    def prepareCorrection(self, settings=None) -> CorrectionJob:
+        """Main-thread snapshot for fixing the 3D preview with clicks: returns a CorrectionJob.
+
+        The positive/negative points (all on one slice of the propagated
+        result) re-segment that slice; propagation then re-runs outwards only as
+        far as the result changes, from cached embeddings. Raises InputError
+        when the preview is not a propagated result or the points are off it.
+        """
+        from .markupprompts import promptsFromMarkups
+
+        self._requireVolume()
+        previous = self.lastResult
+        if previous is None or previous.kind != "volume" or previous.propagation is None or previous.axis != self.axis:
+            raise InputError("No propagated preview to correct in this view: propagate first, then click on a slice of it.")
+        promptSet = promptsFromMarkups(self.volumeNode, self.source, self.axis, None, self.positiveNode, self.negativeNode)
+        k0, k1 = previous.propagation.sliceRange or (0, self.source.sliceCount(self.axis) - 1)
+        if not k0 <= promptSet.sliceIndex <= k1:
+            raise InputError(f"The points are on slice {promptSet.sliceIndex}, outside the propagated slices {k0}..{k1}.")
+        return CorrectionJob(self._ensureService(), self.source, self.axis, promptSet, self.postprocess, previous,
+                             settings if settings is not None else self.propagationSettings)
+
+    def prepareUpdate(self):
+        """The job that refreshes the preview after the prompts changed: a CorrectionJob when the preview is a
+        propagated result and points are placed on it, else a SliceJob. For a widget running jobs in a worker."""
+        if self._correcting():
+            return self.prepareCorrection()
+        return self.prepareSegmentSlice()
+
+    def correctSlice(self, settings=None):
+        """Synchronous prepareCorrection + run + showResult; returns the new PropagationResult."""
+        result = self.prepareCorrection(settings).run(self.progress.emit)
+        self.showResult(result)
+        return result.propagation
+
     def showResult(self, result: SegmentationResult):
         """Show a job's result as the preview (main thread); it becomes what apply() writes.
 
@@ -317,6 +347,21 @@ class MedSAMLogic:
         """Embedding cache counters of the current engine (hits, misses, encoded, bytes, entries...)."""
         return self.service.stats() if self.service is not None else {}
 
+    def setCacheBudget(self, maxBytes):
+        """Keep at most ``maxBytes`` of slice embeddings in memory (least recently used are evicted beyond)."""
+        from .cache import EmbeddingCache
+
+        if int(maxBytes) <= 0:
+            raise InputError(f"The embedding cache budget must be positive, got {maxBytes} bytes.")
+        if self._cache is None:
+            self._cache = EmbeddingCache(maxBytes=int(maxBytes))
+        self._cache.maxBytes = int(maxBytes)
+
+    def clearEmbeddings(self):
+        """Forget every cached slice embedding of every engine (they are encoded again when needed)."""
+        if self._cache is not None:
+            self._cache.clear()
+
     def resetTimings(self):
         """Zero logic.timings (seconds spent encoding, decoding, writing, and in total)."""
         self.timings = dict.fromkeys(self.timings, 0.0)
@@ -331,86 +376,7 @@ class MedSAMLogic:
         for _, service in self._services.values():
             service.close(timeout=1.0)
 
-    # ------------------------------------------------------------------ observation
-
-    def processPendingUpdates(self):
-        """Run the preview update requested by markup changes since the last call (one decode for many events).
-
-        Returns True when an update ran. Errors a user can cause (a box moved
-        off the volume) clear the preview and are reported through status and
-        logic.lastError instead of being raised.
-        """
-        self._updateScheduled = False
-        if not self._updatePending:
-            return False
-        self._updatePending = False
-        if self.source is None:
-            return False
-        self.lastError = None
-        try:
-            if self._hasPrompts():
-                self.segmentSlice()
-            else:
-                self._clearPreview()
-        except MedSAMError as error:
-            self.lastError = error
-            self._clearPreview()
-            self.status.emit(str(error))
-        return True
-
-    def _onMarkupEvent(self, caller, event):
-        if not self.autoUpdate:
-            return
-        self._updatePending = True
-        if self.scheduleCallback is None:
-            self.processPendingUpdates()
-        elif not self._updateScheduled:
-            self._updateScheduled = True
-            self.scheduleCallback(self.debounceMs, self.processPendingUpdates)
-
-    def _onVolumeEvent(self, caller, event):
-        from .volumegeometry import sliceSourceFromVolume
-
-        if caller is not self.volumeNode or self.source is None:
-            return
-        try:
-            state = self._volumeState()
-            if state == self._geometryKey:
-                return  # a name or display change: the voxels and their placement are the same
-            old = self.source
-            self.source = sliceSourceFromVolume(self.volumeNode, self.policy)
-            self._geometryKey = state
-        except MedSAMError as error:
-            self.status.emit(str(error))
-            return
-        if self.service is not None:
-            for _, service in self._services.values():
-                service.invalidate(old)
-        self._clearPreview()
-        self.status.emit("The volume changed: its cached slices were dropped.")
-
     # ------------------------------------------------------------------ internals
-
-    def _volumeState(self):
-        """What identifies the volume's voxels and placement cheaply: image data and scalars identity and
-        modification time (slicer.util.arrayFromVolumeModified bumps it) and the IJK-to-world geometry."""
-        from .volumegeometry import geometryKey
-
-        imageData = self.volumeNode.GetImageData()
-        scalars = imageData.GetPointData().GetScalars() if imageData is not None else None
-        if scalars is None:
-            return None, geometryKey(self.volumeNode)
-        content = (imageData.GetAddressAsString("vtkImageData"), scalars.GetAddressAsString("vtkDataArray"), scalars.GetMTime())
-        return content, geometryKey(self.volumeNode)
-
-    def _observe(self, node, events, callback):
-        return [(node, node.AddObserver(getattr(node, name, name), callback)) for name in events]
-
-    @staticmethod
-    def _removeObservers(observers):
-        for node, tag in observers:
-            node.RemoveObserver(tag)
-        observers.clear()
 
     def _requireVolume(self):
         if self.volumeNode is None or self.source is None:
@@ -431,6 +397,16 @@ class MedSAMLogic:
         if self.writer is None:
             self.writer = SegmentWriter(self.segmentationNode, self.volumeNode, self.segmentEditorNode, createSegmentation=False)
         return self.writer
+
+    def _refreshPreview(self):
+        self.showResult(self.prepareUpdate().run(self.progress.emit))
+
+    def _correcting(self):
+        from .markupprompts import pointsFromMarkups
+
+        previous = self.lastResult
+        return (previous is not None and previous.kind == "volume" and previous.propagation is not None
+                and len(pointsFromMarkups(self.positiveNode, self.negativeNode)[0]) > 0)
 
     def _hasPrompts(self):
         from .markupprompts import pointsFromMarkups

@@ -189,3 +189,31 @@ class PropagationJob(_Job):
         reportProgress(progress, 1.0, f"Propagated over {len(result.masks)} slice(s)")
         return SegmentationResult("volume", self.axis, sorted(int(k) for k in result.masks), maskKji,
                                   boundingExtent(maskKji), self.signature, decoded, result, timings)
+
+
+class CorrectionJob(_Job):
+    """Fix one slice of a propagated (3D) result with clicks, then re-propagate only as far as the result changes."""
+
+    def __init__(self, service, source, axis, promptSet, postprocess, previous: SegmentationResult, settings=None):
+        super().__init__(service, source, axis, promptSet, postprocess)
+        self.previous = previous
+        self.settings = settings
+
+    def run(self, progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> SegmentationResult:
+        """propagation.correctSlice on the previous result; returns a new "volume" SegmentationResult.
+
+        Slices already encoded come from the cache (nothing is re-encoded).
+        Safe in a worker thread; raises CancelledError when cancelled.
+        """
+        from .propagation import correctSlice
+
+        started = time.perf_counter()
+        if cancel is not None:
+            cancel.raiseIfCancelled()
+        result = correctSlice(self.service, self.source, self.axis, self.previous.propagation, self.promptSet.sliceIndex,
+                              self.promptSet.prompts, self.settings, progress=progress, cancel=cancel)
+        maskKji = _cleanUp(np.asarray(result.toVolumeMask(self.source, self.axis), dtype=bool), self.postprocess, self.axis)
+        timings = dict(result.timings)
+        timings["total"] = time.perf_counter() - started
+        return SegmentationResult("volume", self.axis, sorted(int(k) for k in result.masks), maskKji,
+                                  boundingExtent(maskKji), self.signature, None, result, timings)
