@@ -14,11 +14,14 @@ prompts:
   given and the box core's intensity is unlike all of theirs (the box centre
   missed the object), the core is not used as a seed.
 - previousLowResLogits (passed by propagation from the neighbouring slice):
-  for this engine it is the signed full-resolution mask it returned as
-  ``lowResLogits`` (+1 inside, -1 outside); its deep interior (pixels at least
-  half its largest inner distance from its edge, and ``priorErosionPixels``),
-  clipped to the box, replaces the central ellipse as foreground seed, which
-  follows curved or drifting objects better.
+  for this engine it is the full-resolution map it returned as
+  ``lowResLogits``: -1 outside the mask, 1 + the smoothed intensity inside.
+  Its deep interior (pixels at least half its largest inner distance from its
+  edge, and ``priorErosionPixels``), clipped to the box and kept only where
+  this slice's intensity is within 3 robust standard deviations of the previous
+  object's, replaces the central ellipse as foreground seed. This follows
+  curved or drifting objects, and when nothing looks like the object any more
+  (past its end) the mask is empty, so propagation stops ("vanished").
 - no box: the image border is the background seed.
 
 Score (DecodeResult.score), in [0, 1], the lower of two confidences:
@@ -50,6 +53,8 @@ SEED_BACKGROUND = 2
 #: Boundary contrast-to-noise of a boundary drawn through pure noise, and the span above it that maps to score 1.
 CONTRAST_NOISE_LEVEL = 1.0
 CONTRAST_SPAN = 2.0
+#: Smallest intensity tolerance (in [0, 1] units) when matching a previous slice's object appearance.
+PRIOR_MIN_TOLERANCE = 0.05
 #: Smallest intensity difference (in [0, 1] units) at which a box core counts as unlike the positive clicks.
 CORE_POINT_TOLERANCE = 0.05
 
@@ -244,11 +249,11 @@ class GrowCutEngine(Engine):
         seeds = self._seedImage(image, prompts, region, (height, width))
         if not (seeds == SEED_FOREGROUND).any():
             empty = np.zeros((height, width), bool)
-            return DecodeResult(mask=empty, score=0.0, lowResLogits=self._logits(empty))
+            return DecodeResult(mask=empty, score=0.0, lowResLogits=self._logits(empty, image))
         mask = self._growInCrop(image, seeds, region)
         mask &= region
         score = min(1.0 - _borderFraction(mask, region), _contrastScore(image, mask, region)) if mask.any() else 0.0
-        return DecodeResult(mask=mask, score=float(score), lowResLogits=self._logits(mask))
+        return DecodeResult(mask=mask, score=float(score), lowResLogits=self._logits(mask, image))
 
     def _downsampleFactor(self, prompts: Prompts, shape: Tuple[int, int]) -> int:
         """Integer factor that brings the working area (box, or image) under maxWorkPixels."""
@@ -278,11 +283,12 @@ class GrowCutEngine(Engine):
         smallResult = self.decode(SliceEmbedding(small, small.shape, int(small.nbytes)), smallPrompts)
         mask = np.repeat(np.repeat(smallResult.mask, factor, axis=0), factor, axis=1)[:height, :width]
         mask &= self._promptRegion(prompts, (height, width))
-        return DecodeResult(mask=mask, score=smallResult.score, lowResLogits=self._logits(mask))
+        return DecodeResult(mask=mask, score=smallResult.score, lowResLogits=self._logits(mask, image))
 
     @staticmethod
-    def _logits(mask: np.ndarray) -> np.ndarray:
-        return np.where(mask, 1.0, -1.0).astype(np.float32)
+    def _logits(mask: np.ndarray, image: np.ndarray) -> np.ndarray:
+        """-1 outside the mask, 1 + the (smoothed) intensity inside: shape and appearance for the next slice."""
+        return np.where(mask, 1.0 + np.clip(image, 0.0, 1.0), -1.0).astype(np.float32)
 
     def _promptRegion(self, prompts: Prompts, shape: Tuple[int, int]) -> np.ndarray:
         """Bool image: where the mask may be (inside the box, or the whole image without a box)."""
@@ -324,16 +330,16 @@ class GrowCutEngine(Engine):
         return seeds
 
     @staticmethod
-    def _typicalPixels(image: np.ndarray, seeds: np.ndarray) -> np.ndarray:
-        """The seeds whose intensity lies within 3 robust standard deviations of the seeds' median.
+    def _lookAlike(image: np.ndarray, seeds: np.ndarray, previousValues: np.ndarray) -> np.ndarray:
+        """The seeds whose intensity here lies within 3 robust standard deviations of the previous object's.
 
         A previous slice's mask may cover background where the object ended or
-        moved; those pixels look unlike the majority and must not seed foreground.
+        moved; those pixels look unlike the object and must not seed foreground.
+        When no seed looks alike the object has ended: the result is empty.
         """
-        values = image[seeds]
-        median = np.median(values)
-        spread = 1.4826 * np.median(np.abs(values - median)) + 1e-3
-        return seeds & (np.abs(image - median) <= 3.0 * spread)
+        median = np.median(previousValues)
+        spread = 1.4826 * np.median(np.abs(previousValues - median))
+        return seeds & (np.abs(image - median) <= max(3.0 * spread, PRIOR_MIN_TOLERANCE))
 
     @staticmethod
     def _agreesWithPositivePoints(image: np.ndarray, core: np.ndarray, prompts: Prompts) -> bool:
@@ -364,7 +370,8 @@ class GrowCutEngine(Engine):
             inside = depth >= max(self.priorErosionPixels, self.priorDepthFraction * depth.max())
             inside &= region
             if inside.any():
-                return self._typicalPixels(image, inside)
+                return self._lookAlike(image, inside, np.asarray(prior)[np.asarray(prior) > 0] - 1.0)
+            return inside  # the previous mask does not reach into this box: no foreground seed
         rows, cols = np.nonzero(region)
         centre = ((rows.min() + rows.max()) / 2.0, (cols.min() + cols.max()) / 2.0)
         semiAxes = ((rows.max() - rows.min()) / 2.0 * self.coreFraction,
