@@ -1,0 +1,179 @@
+"""Checks of the Slicer module that run without the Slicer application.
+
+The module file needs Qt and the Slicer application, which CI does not have, so
+it is checked as source: it parses, imports no torch, every widget it uses is
+in the .ui, every parameter bound in the .ui exists with a type the Slicer GUI
+connector can bind, every Logic method it calls exists, and the CMake files
+package every library file and resource.
+"""
+
+import ast
+import re
+import struct
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MODULE_DIR = REPO / "MedSAMSlicer"
+MODULE_FILE = MODULE_DIR / "MedSAMSlicer.py"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "MedSAMSlicer.ui"
+LIB_DIR = MODULE_DIR / "MedSAMSlicerLib"
+MODULE_LINE_BUDGET = 650  # DESIGN.md: "under about 600 lines"
+
+# The Slicer GUI connectors match the widget class exactly (type(widget) == ...), so a
+# parameter bound to a widget must have the type that widget's connector handles.
+CONNECTOR_TYPES = {
+    "QCheckBox": "bool",
+    "QSpinBox": "int",
+    "QDoubleSpinBox": "float",
+    "QComboBox": "Choice",
+    "QLineEdit": "str",
+    "qMRMLNodeComboBox": "vtkMRML",
+}
+
+
+@pytest.fixture(scope="module")
+def moduleTree():
+    return ast.parse(MODULE_FILE.read_text(encoding="utf-8"), filename=str(MODULE_FILE))
+
+
+@pytest.fixture(scope="module")
+def uiWidgets():
+    """{widget name: (class, {dynamic property name: value})} from the .ui file."""
+    root = ET.parse(UI_FILE).getroot()
+    widgets = {}
+    for widget in root.iter("widget"):
+        properties = {p.get("name"): "".join(p.itertext()).strip() for p in widget.findall("property")}
+        widgets[widget.get("name")] = (widget.get("class"), properties)
+    return widgets
+
+
+def _classNode(tree, name):
+    return next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == name)
+
+
+def _parameterFields(tree):
+    """{field name: annotation source} of the @parameterNodeWrapper class."""
+    cls = _classNode(tree, "MedSAMSlicerParameterNode")
+    return {node.target.id: ast.unparse(node.annotation) for node in cls.body if isinstance(node, ast.AnnAssign)}
+
+
+def _selfAttributeNames(tree, owner):
+    """Names X in every `self.<owner>.X` of the module file."""
+    return {
+        node.attr for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+        and node.value.attr == owner and isinstance(node.value.value, ast.Name) and node.value.value.id == "self"
+    }
+
+
+def test_module_file_parses_is_thin_and_never_imports_torch(moduleTree):
+    lines = MODULE_FILE.read_text(encoding="utf-8").count("\n")
+    assert lines <= MODULE_LINE_BUDGET, f"MedSAMSlicer.py has {lines} lines: move what is not Qt into MedSAMSlicerLib"
+    imported = set()
+    for node in ast.walk(moduleTree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    # The module must load and show its panel without torch: only the engines import it, lazily.
+    assert not imported & {"torch", "torchvision", "segment_anything"}
+    classes = {node.name for node in moduleTree.body if isinstance(node, ast.ClassDef)}
+    assert {"MedSAMSlicer", "MedSAMSlicerWidget", "MedSAMSlicerLogic", "MedSAMSlicerTest", "MedSAMSlicerParameterNode"} <= classes
+
+
+def test_library_has_no_qt_and_its_logic_imports_without_qt_or_torch():
+    for path in sorted(LIB_DIR.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                assert name.split(".")[0] not in ("qt", "ctk", "PythonQt", "PyQt5", "PySide2"), f"{path.name} imports {name}"
+    code = (
+        "import sys\n"
+        "import MedSAMSlicerLib.logic, MedSAMSlicerLib.dependencies, MedSAMSlicerLib.modelmanager, MedSAMSlicerLib.backgroundjob\n"
+        "bad = [m for m in ('qt', 'ctk', 'torch', 'segment_anything') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, check=True, timeout=60)
+
+
+def test_ui_is_well_formed_and_has_every_widget_the_module_uses(moduleTree, uiWidgets):
+    used = _selfAttributeNames(moduleTree, "ui")
+    # Widgets reached through getattr(self.ui, "<name>") (button tables, shortcuts) are string constants.
+    widgetSuffix = re.compile(r"^[a-z]\w*(Button|ComboBox|SpinBox|CheckBox|Label|Selector|LineEdit|Bar)$")
+    used |= {node.value for node in ast.walk(moduleTree) if isinstance(node, ast.Constant)
+             and isinstance(node.value, str) and widgetSuffix.match(node.value)}
+    missing = sorted(used - set(uiWidgets))
+    assert not missing, f"MedSAMSlicer.py uses widgets the .ui does not have: {missing}"
+    assert uiWidgets["MedSAMSlicer"][0] == "qMRMLWidget"
+    assert uiWidgets["segmentSelector"][0] == "qMRMLSegmentSelectorWidget"
+
+
+def test_every_bound_parameter_exists_with_a_type_its_widget_can_bind(moduleTree, uiWidgets):
+    fields = _parameterFields(moduleTree)
+    bound = {props["SlicerParameterName"]: (cls, name) for name, (cls, props) in uiWidgets.items() if "SlicerParameterName" in props}
+    assert {"inputVolume", "intensity", "livePreview", "applyMode", "marginMm"} <= set(bound)
+    for parameter, (widgetClass, widgetName) in bound.items():
+        assert parameter in fields, f"{widgetName} is bound to '{parameter}', which the parameter node lacks"
+        expected = CONNECTOR_TYPES[widgetClass]
+        assert expected in fields[parameter], f"{widgetName} ({widgetClass}) needs a {expected} parameter, '{parameter}' is {fields[parameter]}"
+
+
+def test_choice_values_are_what_the_library_accepts(moduleTree):
+    from MedSAMSlicerLib.intensity import IntensityPolicy
+
+    namespace = {}
+    for node in moduleTree.body:
+        if isinstance(node, ast.Assign) and node.targets[0].id in ("INTENSITY_CHOICES", "APPLY_MODES", "DEVICES"):
+            namespace[node.targets[0].id] = ast.literal_eval(node.value)
+    for choice in namespace["INTENSITY_CHOICES"]:
+        if choice != "display":  # the viewer's window/level, read by the widget
+            IntensityPolicy.parse(choice)
+    assert set(namespace["APPLY_MODES"]) == {"replaceSlices", "add", "remove", "set"}
+    assert namespace["DEVICES"][0] == "auto"
+
+
+def test_every_logic_call_of_the_widget_exists(moduleTree, scene):
+    from MedSAMSlicerLib.logic import MedSAMLogic
+
+    logic = MedSAMLogic(scene)
+    facade = _classNode(moduleTree, "MedSAMSlicerLogic")
+    ownMethods = {node.name for node in facade.body if isinstance(node, ast.FunctionDef)}
+    called = _selfAttributeNames(moduleTree, "logic")
+    missing = sorted(name for name in called if not hasattr(logic, name) and name not in ownMethods)
+    assert not missing, f"MedSAMSlicer.py calls Logic members that do not exist: {missing}"
+
+
+def test_module_cmake_packages_every_library_file_and_resource():
+    text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8").replace("${MODULE_NAME}", "MedSAMSlicer")
+    listed = set(re.findall(r"^\s+(\S+\.(?:py|ui|png|json|txt))\s*$", text, re.MULTILINE))
+    library = {f"MedSAMSlicerLib/{path.name}" for path in LIB_DIR.glob("*.py")}
+    assert not library - listed, f"not in MODULE_PYTHON_SCRIPTS, so not packaged: {sorted(library - listed)}"
+    resources = {"Resources/UI/MedSAMSlicer.ui", "Resources/Icons/MedSAMSlicer.png", "Resources/Models.json",
+                 "Resources/requirements.txt", "MedSAMSlicer.py", "Testing/Python/MedSAMSlicerTest.py"}
+    assert resources <= listed
+    absent = sorted(name for name in listed if not (MODULE_DIR / name).is_file())
+    assert not absent, f"CMakeLists.txt lists files that do not exist: {absent}"
+    assert "slicerMacroBuildScriptedModule" in text and "add_subdirectory(Testing)" in text
+    testing = (MODULE_DIR / "Testing" / "Python" / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert "slicer_add_python_unittest" in testing and "MedSAMSlicerTest.py" in testing
+
+
+def test_extension_cmake_has_the_extensions_index_metadata():
+    text = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
+    for variable in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
+                     "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
+        assert re.search(rf'set\({variable} "[^"]+"\)', text), f"{variable} missing or empty"
+    assert 'set(EXTENSION_DEPENDS "PyTorch")' in text
+    assert "add_subdirectory(MedSAMSlicer)" in text
+
+
+@pytest.mark.parametrize("path", [MODULE_DIR / "Resources" / "Icons" / "MedSAMSlicer.png", REPO / "Resources" / "MedSAMSlicer.png"])
+def test_icons_are_128_pixel_pngs(path):
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", header[16:24]) == (128, 128)
