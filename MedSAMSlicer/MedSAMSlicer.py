@@ -350,7 +350,8 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not any(n.GetNumberOfControlPoints() for n in nodes):
             self.logic.clear()
             return
-        self._withEngine(lambda: self._runTask("Segmenting slice", self.logic.prepareSegmentSlice), interactive=False)
+        # prepareUpdate: a slice preview, or a correction of a propagated preview when points are clicked on it.
+        self._withEngine(lambda: self._runTask("Updating preview", self.logic.prepareUpdate), interactive=False)
 
     def onSegmentSlice(self):
         """Preview the prompted slice now."""
@@ -620,20 +621,6 @@ class MedSAMSlicerLogic(ScriptedLoadableModuleLogic, MedSAMLogic):
     def getParameterNode(self) -> MedSAMSlicerParameterNode:
         """The module's typed parameter node (created in the scene on first use)."""
         return MedSAMSlicerParameterNode(super().getParameterNode())
-
-    # Until MedSAMLogic offers these two (requested), they reach its embedding cache here.
-    def setCacheBudget(self, maxBytes: int):
-        """Bytes of slice embeddings kept in memory (least recently used evicted beyond)."""
-        from MedSAMSlicerLib.cache import EmbeddingCache
-
-        if self._cache is None:
-            self._cache = EmbeddingCache(maxBytes=maxBytes)
-        self._cache.maxBytes = maxBytes
-
-    def clearEmbeddings(self):
-        """Forget every cached slice embedding (they are re-encoded when needed)."""
-        if self._cache is not None:
-            self._cache.clear()
 
 
 class MedSAMSlicerTest(ScriptedLoadableModuleTest):
