@@ -351,7 +351,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.clear()
             return
         # prepareUpdate: a slice preview, or a correction of a propagated preview when points are clicked on it.
-        self._withEngine(lambda: self._runTask("Updating preview", self.logic.prepareUpdate), interactive=False)
+        self._withEngine(lambda: self._runTask("Updating preview", self.logic.prepareUpdate, interactive=False), interactive=False)
 
     def onSegmentSlice(self):
         """Preview the prompted slice now."""
@@ -417,7 +417,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(str(error))
             return None
 
-    def _runTask(self, title: str, prepare: Callable):
+    def _runTask(self, title: str, prepare: Callable, interactive: bool = True):
         """prepare() reads MRML on the main thread and returns a job; job.run() runs in the worker;
         logic.showResult() writes the preview on the main thread."""
         if not self._syncLogicInputs():
@@ -427,17 +427,18 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except MedSAMError as error:
             self._showStatus(str(error))
             return
-        self._startTask(title, job.run, self.logic.showResult)
+        self._startTask(title, job.run, self.logic.showResult, interactive)
 
-    def _startTask(self, title: str, work: Callable, finish: Callable):
-        """Run ``work(progress, cancel)`` in the background with the progress bar and Cancel; then ``finish(result)``."""
+    def _startTask(self, title: str, work: Callable, finish: Callable, interactive: bool = True):
+        """Run ``work(progress, cancel)`` in the background with the progress bar and Cancel; then ``finish(result)``.
+        Not interactive (live preview): errors go to the status line only, never to a dialog."""
         if self._job is not None:
             self._showStatus("Busy: wait for the running task or cancel it.")
             return
         self.ui.progressBar.visible = True
         self.ui.progressBar.value = 0
         self._showStatus(f"{title}...")
-        self._jobFinish = (title, finish)
+        self._jobFinish = (title, finish, interactive)
         self._job = BackgroundJob(work).start()
         self._pollTimer.start()
         self._updateButtons()
@@ -451,17 +452,16 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self._job.done:
             return
         self._pollTimer.stop()
-        job, (title, finish) = self._job, self._jobFinish
+        job, (title, finish, interactive) = self._job, self._jobFinish
         self._job = None
         self.ui.progressBar.visible = False
         self._updateButtons()
         try:
             finish(job.result())
-        except CancelledError as error:
+        except MedSAMError as error:  # CancelledError included: its message says nothing was written
             self._showStatus(str(error))
-        except MedSAMError as error:
-            self._showStatus(str(error))
-            slicer.util.errorDisplay(str(error))
+            if interactive and not isinstance(error, CancelledError):
+                slicer.util.errorDisplay(str(error))
         except Exception as error:
             logging.exception("MedSAMSlicer: %s failed", title)
             self._showStatus(f"{title} failed: {error}")
