@@ -51,7 +51,7 @@ MIN_GROWCUT_SIZE = 3
 SEED_FOREGROUND = 1
 SEED_BACKGROUND = 2
 #: Boundary contrast-to-noise of a boundary drawn through pure noise, and the span above it that maps to score 1.
-CONTRAST_NOISE_LEVEL = 1.0
+CONTRAST_NOISE_LEVEL = 1.2
 CONTRAST_SPAN = 2.0
 #: Smallest intensity tolerance (in [0, 1] units) when matching a previous slice's object appearance.
 PRIOR_MIN_TOLERANCE = 0.05
@@ -171,7 +171,7 @@ def boundaryContrast(image: np.ndarray, mask: np.ndarray, windowPixels: int = 5,
 
 
 def _contrastScore(image: np.ndarray, mask: np.ndarray, region: np.ndarray) -> float:
-    """boundaryContrast mapped to [0, 1]: CNR 1 (noise) -> 0, CNR 3 or more -> 1; computed near the region."""
+    """boundaryContrast mapped to [0, 1]: CNR 1.2 (noise) -> 0, CNR 3.2 or more -> 1; computed near the region."""
     rows, cols = np.nonzero(region)
     r0, r1 = max(rows.min() - 4, 0), rows.max() + 5
     c0, c1 = max(cols.min() - 4, 0), cols.max() + 5

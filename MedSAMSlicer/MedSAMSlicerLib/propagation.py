@@ -55,13 +55,15 @@ class PropagationSettings:
     from the encoder at a time. changeIou: correctSlice stops re-propagating at
     a slice whose new mask has IoU above this with the old one.
 
-    Defaults were measured with the GrowCut engine (bench/evaluate_shared_data.py,
-    docs/evaluation.md): on the phantoms (ellipsoid, drifting tube, two objects;
-    1 mm and 1x1x2.5 mm voxels; axial, coronal, sagittal) minScore 0.3 stops
-    every direction within 2 slices of the true end (Dice 0.95-1.0), while 0.1
-    and 0.2 let masks run on through noise past the end (Dice down to 0.34);
-    on the TotalSegmentator CT/MR organs and pyradiomics lesions (3D box
-    protocol) mean Dice is 0.46 at minScore 0.5, 0.53 at 0.3, 0.55 at 0.1 (real
+    Defaults were measured with the GrowCut engine (whose score is 0 at a
+    boundary contrast-to-noise ratio of 1.2, 0.3 at 1.8): on the phantoms
+    (ellipsoid, drifting tube, two objects; 1 mm and 1x1x2.5 mm voxels; axial,
+    coronal, sagittal) minScore 0.3 stops every direction within 2 slices of
+    the true end (Dice 0.94-1.0), while lower thresholds let some masks run on
+    through noise past the end (a 5 mm tube in coronal slices: Dice 0.80 at
+    an equivalent CNR of 1.6); on the TotalSegmentator CT/MR organs and
+    pyradiomics lesions (3D box protocol, bench/evaluate_shared_data.py) mean
+    Dice is 0.49 at minScore 0.3 and 0.53 at 0.2 (real
     organ boundaries have less contrast). Between true neighbouring slices of
     those objects (all three axes, excluding the last two slices of each end)
     the IoU is >= 0.52 in 95% and >= 0.28 in 99% of pairs, the area ratio
