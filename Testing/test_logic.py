@@ -485,3 +485,50 @@ def test_cache_budget_and_clearing_embeddings(setup):
     assert logic.cacheStats()["encoded"] == encoded + 1
     with pytest.raises(InputError, match="positive"):
         logic.setCacheBudget(0)
+
+
+def test_rgb_photo_as_one_slice_vector_volume_segments_and_applies(scene):
+    import slicer
+
+    voxels, obj, decoy, centre = ballsPhantom(2)
+    k = int(centre[2])
+    photo = np.zeros((1,) + SHAPE_KJI[1:] + (3,), np.uint8)
+    photo[0, ..., 0] = np.clip(voxels[k] * 2.0, 0, 255)  # a red object and its decoy on black
+    photo[0, ..., 2] = 40
+    volume = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "photo")
+    slicer.util.updateVolumeFromArray(volume, photo)
+    before = voxelHash(volume)
+    logic = MedSAMLogic(scene)
+    logic.setVolume(volume)
+    logic.setAxis(2)
+    logic.setPromptNodes(addRoi(scene, volume, [centre[0], centre[1], 0.0], 2))
+    logic.segmentSlice()
+    mask = logic.previewMaskKji
+    assert mask.shape == (1,) + SHAPE_KJI[1:]
+    assert dice(mask[0], obj[k]) > 0.8 and not (mask[0] & decoy[k]).any()
+    segmentationNode, segmentId = logic.setSegmentation()
+    logic.apply()
+    np.testing.assert_array_equal(segmentMaskKji(segmentationNode, segmentId, volume), mask)
+    assert voxelHash(volume) == before
+    logic.cleanup()
+
+
+def test_each_engine_keeps_its_embeddings_across_switches_and_volumes(setup, scene):
+    from MedSAMSlicerLib.growcutengine import GrowCutEngine
+
+    logic, volume, roi, obj, decoy, centre = setup
+    first, second = GrowCutEngine(), GrowCutEngine(smoothingSigma=0.0)
+    second.modelId = "growcut-unsmoothed"
+    logic.setEngine(first)
+    logic.segmentSlice()
+    logic.setEngine(second)
+    logic.segmentSlice()
+    assert logic.cacheStats()["encoded"] == 1  # the second engine's own service
+    other = makeVolume(scene, ballsPhantom(2, seed=5)[0], "LPS", name="other")
+    logic.setVolume(other)
+    logic.setVolume(volume)
+    logic.setEngine(first)
+    hits = logic.cacheStats()["hits"]
+    logic.segmentSlice()
+    stats = logic.cacheStats()
+    assert stats["encoded"] == 1 and stats["hits"] == hits + 1  # nothing re-encoded for the first engine

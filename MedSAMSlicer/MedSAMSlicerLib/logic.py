@@ -260,9 +260,11 @@ class MedSAMLogic(ObservationMixin):
         started = time.perf_counter()
         self._ensureWriter().showPreview(result.maskKji if result.extentIjk is not None else None, result.extentIjk)
         self.lastResult = result
+        written = time.perf_counter() - started
         for name in ("encode", "decode", "total"):
             self.timings[name] += result.timings.get(name, 0.0)
-        self.timings["write"] += time.perf_counter() - started
+        self.timings["write"] += written
+        self.timings["total"] += written
         self.previewChanged.emit()
 
     def segmentSlice(self, sliceIndex=None):
@@ -313,7 +315,9 @@ class MedSAMLogic(ObservationMixin):
         slices = result.sliceIndices if mode == "replaceSlices" else None
         extent = self.writer.apply(self.segmentId, result.maskKji, mode, sliceAxis=result.axis, sliceIndices=slices)
         self._clearPreview()
-        self.timings["write"] += time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        self.timings["write"] += elapsed
+        self.timings["total"] += elapsed
         self.status.emit(f"Applied to segment '{self._segmentName()}' ({mode}).")
         return extent
 
