@@ -532,3 +532,21 @@ def test_each_engine_keeps_its_embeddings_across_switches_and_volumes(setup, sce
     logic.segmentSlice()
     stats = logic.cacheStats()
     assert stats["encoded"] == 1 and stats["hits"] == hits + 1  # nothing re-encoded for the first engine
+
+
+def test_closing_the_scene_forgets_its_nodes_and_the_logic_keeps_working(setup, scene):
+    logic, volume, roi, obj, decoy, centre = setup
+    logic.setSegmentation()
+    logic.segmentSlice()
+    scene.Clear(False)
+    assert logic.volumeNode is None and logic.segmentationNode is None and logic.previewMaskKji is None
+    with pytest.raises(InputError, match="No volume"):
+        logic.segmentSlice()
+    voxels, obj, decoy, centre = ballsPhantom(2)
+    volume = makeVolume(scene, voxels, "RAS")
+    logic.setVolume(volume)
+    logic.setPromptNodes(addRoi(scene, volume, centre, 2))
+    logic.segmentSlice()
+    segmentationNode, segmentId = logic.setSegmentation()
+    logic.apply()
+    assert segmentMaskKji(segmentationNode, segmentId, volume).any()

@@ -74,6 +74,7 @@ class MedSAMLogic(ObservationMixin):
         self._updatePending = False
         self._updateScheduled = False
         self._volumeStateKey = None
+        self._sceneObservers = self._observe(self.scene, ("EndCloseEvent",), self._onSceneEndClose)
 
     # ------------------------------------------------------------------ inputs
 
@@ -372,8 +373,8 @@ class MedSAMLogic(ObservationMixin):
 
     def cleanup(self):
         """Stop observing, remove the preview and hidden nodes, stop prefetch workers. Call before dropping the Logic."""
-        self._removeObservers(self._volumeObservers + self._markupObservers)
-        self._volumeObservers, self._markupObservers = [], []
+        for observers in (self._volumeObservers, self._markupObservers, self._sceneObservers):
+            self._removeObservers(observers)
         if self.writer is not None:
             self.writer.close()
             self.writer = None

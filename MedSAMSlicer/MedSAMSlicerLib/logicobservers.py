@@ -95,3 +95,16 @@ class ObservationMixin:
         for node, tag in observers:
             node.RemoveObserver(tag)
         observers.clear()
+
+    def _onSceneEndClose(self, caller, event):
+        """The scene was closed: every node the Logic held is gone; forget them (cached embeddings are kept)."""
+        self._removeObservers(self._volumeObservers)
+        self._removeObservers(self._markupObservers)
+        if self.writer is not None:
+            self.writer.previewNode = None
+            self.writer = None
+        self.volumeNode = self.source = self.segmentationNode = self.segmentId = None
+        self.roiNode = self.positiveNode = self.negativeNode = self.sliceNode = None
+        self.segmentEditorNode = None
+        self.lastResult = None
+        self._updatePending = False
