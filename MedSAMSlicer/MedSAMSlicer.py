@@ -611,12 +611,12 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._shortcuts = []
 
 
-class MedSAMSlicerLogic(ScriptedLoadableModuleLogic, MedSAMLogic):
+class MedSAMSlicerLogic(MedSAMLogic, ScriptedLoadableModuleLogic):
     """Slicer's module-logic convention over the Qt-free MedSAMLogic: adds the parameter node."""
 
     def __init__(self, scene=None):
-        ScriptedLoadableModuleLogic.__init__(self)
         MedSAMLogic.__init__(self, scene)
+        ScriptedLoadableModuleLogic.__init__(self)  # its super().__init__() is object's here: no second MedSAMLogic init
 
     def getParameterNode(self) -> MedSAMSlicerParameterNode:
         """The module's typed parameter node (created in the scene on first use)."""

@@ -9,6 +9,7 @@ propagates, applies to a segment, undoes, and checks the segment's voxels.
 
 import os
 import tempfile
+import time
 import unittest
 
 import numpy as np
@@ -60,17 +61,18 @@ class MedSAMSlicerSelfTest(unittest.TestCase):
 
     # ---- helpers ------------------------------------------------------------------
 
-    def _placeBox(self, kRange):
+    def _placeBox(self, kRange, roi=None):
         """An ROI around the truth's in-plane bounding box, spanning slices kRange[0]..kRange[1] (IJK -> RAS)."""
         k0, k1 = kRange
         rows, cols = np.nonzero(self.truthKji[(k0 + k1) // 2])
         cornersIjk = np.array([[cols.min() - 2, rows.min() - 2, k0], [cols.max() + 2, rows.max() + 2, k1]], float)
         cornersRas = ijkToRas(self.volume, cornersIjk)
-        roi = self.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "MedSAM box")
+        if roi is None:
+            roi = self.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "MedSAM box")
+            self.logic.setAxis(AXIAL)
+            self.logic.setPromptNodes(roiNode=roi)
         roi.SetCenter(*cornersRas.mean(axis=0))
         roi.SetSize(*np.abs(cornersRas[1] - cornersRas[0]))
-        self.logic.setAxis(AXIAL)
-        self.logic.setPromptNodes(roiNode=roi)
         return roi
 
     def _segmentKji(self):
@@ -132,6 +134,41 @@ class MedSAMSlicerSelfTest(unittest.TestCase):
             self.logic.propagate(PropagationSettings(minScore=0.0, minIouWithPrevious=0.0, maxAreaRatio=100.0))
             self.assertEqual(self.logic.previewMaskKji.shape, SHAPE_KJI)
             self._applyAndUndo(minimumDice=0.0)
+
+
+    def test_module_panel_box_preview_apply_undo(self):
+        """The panel itself: its Box node, Preview slice (in the worker), Apply and Undo buttons' handlers."""
+        if not hasattr(slicer, "app"):
+            self.skipTest("needs the Slicer application (the panel is Qt)")
+        slicer.util.selectModule("MedSAMSlicer")
+        widget = slicer.modules.medsamslicer.widgetRepresentation().self()
+        widget._parameterNode.inputVolume = self.volume
+        widget._parameterNode.model = "growcut"
+        k = SHAPE_KJI[0] // 2
+        self._placeBox((k, k), roi=widget._promptNode("roiNode"))
+        widget.logic.setAxis(AXIAL)  # the Red view of this axis-aligned volume
+        widget.onSegmentSlice()
+        self._waitFor(widget)
+        preview = widget.logic.previewMaskKji
+        self.assertIsNotNone(preview, widget.ui.statusLabel.text)
+        widget.onApply()
+        node = widget._parameterNode
+        written = segmentMaskKji(node.segmentation, node.segmentId, self.volume).astype(bool)
+        self.assertTrue(np.array_equal(written, preview))
+        self.assertGreater(_dice(written[k], self.truthKji[k]), 0.85)
+        widget.onUndo()
+        self.assertFalse(segmentMaskKji(node.segmentation, node.segmentId, self.volume).any())
+        widget.onClear()
+
+    @staticmethod
+    def _waitFor(widget, timeoutS=60.0):
+        """Let the event loop run until the panel's background job (and a pending preview refresh) is done."""
+        deadline = time.time() + timeoutS
+        while widget._job is not None or widget._previewTimer.isActive():
+            if time.time() > deadline:
+                raise AssertionError("the panel's background job did not finish")
+            slicer.app.processEvents()
+            time.sleep(0.01)
 
 
 def runTests():
