@@ -263,3 +263,22 @@ def test_bad_inputs_raise_clear_errors_and_write_nothing(scene, noisyVoxels):
         writer.apply(segmentId, mask, "replaceSlices", sliceAxis=2, sliceIndices=[99])
     assert not writer.canUndo
     assert not segmentMaskKji(writer.segmentationNode, segmentId, volume).any()
+
+
+def test_segmentation_on_another_grid_gets_the_mask_resampled(scene, noisyVoxels):
+    """A user's segmentation whose geometry is finer than the volume (oversampled): the mask lands on the same voxels."""
+    volume = makeVolume(scene, noisyVoxels, "oblique")
+    fine = makeVolume(scene, np.zeros((16, 24, 28), np.int16), "oblique", spacing=(0.4, 0.45, 1.25), name="fine")
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    segmentation.CreateDefaultDisplayNodes()
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(fine)
+    segmentId = segmentation.GetSegmentation().AddEmptySegment("")
+    writer = SegmentWriter(segmentation, volume)
+    mask = boxMask(2, 5, 3, 9, 4, 11)
+    writer.apply(segmentId, mask, "add")
+    np.testing.assert_array_equal(segmentMaskKji(segmentation, segmentId, volume), mask)
+    writer.undo()
+    writer.segmentEditorNode.SetSourceVolumeIntensityMask(True)
+    writer.segmentEditorNode.SetSourceVolumeIntensityMaskRange(100.0, 300.0)
+    writer.apply(segmentId, mask, "add")
+    np.testing.assert_array_equal(segmentMaskKji(segmentation, segmentId, volume), mask & (noisyVoxels >= 100))
