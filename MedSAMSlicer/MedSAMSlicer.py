@@ -601,13 +601,20 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._removeShortcuts()
         for key, buttonName in SHORTCUTS.items():
             shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
-            shortcut.connect("activated()", getattr(self.ui, buttonName).click)
+            shortcut.connect("activated()", lambda buttonName=buttonName: self._onShortcut(buttonName))
             self._shortcuts.append(shortcut)
+
+    def _onShortcut(self, buttonName: str):
+        # A key typed into a text field or spin box (Python console included) is text, not a command.
+        focus = slicer.app.focusWidget()
+        if focus is None or not any(focus.inherits(c) for c in ("QLineEdit", "QTextEdit", "QPlainTextEdit", "QAbstractSpinBox")):
+            getattr(self.ui, buttonName).click()
 
     def _removeShortcuts(self):
         for shortcut in self._shortcuts:
             shortcut.disconnect("activated()")
             shortcut.setParent(None)
+            shortcut.deleteLater()
         self._shortcuts = []
 
 
