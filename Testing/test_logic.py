@@ -550,3 +550,13 @@ def test_closing_the_scene_forgets_its_nodes_and_the_logic_keeps_working(setup, 
     segmentationNode, segmentId = logic.setSegmentation()
     logic.apply()
     assert segmentMaskKji(segmentationNode, segmentId, volume).any()
+
+
+def test_prefetch_encodes_ahead_so_propagation_encodes_nothing_more(setup):
+    logic, volume, roi, obj, decoy, centre = setup
+    k = int(centre[2])
+    job = logic.prefetch(sliceRange=(k - 4, k + 4), aroundIndex=k)
+    job.wait(60)
+    assert job.done and logic.cacheStats()["encoded"] == 9
+    logic.propagate(sliceRange=(k - 4, k + 4))
+    assert logic.cacheStats()["encoded"] == 9

@@ -352,6 +352,20 @@ class MedSAMLogic(ObservationMixin):
         """Embedding cache counters of the current engine (hits, misses, encoded, bytes, entries...)."""
         return self.service.stats() if self.service is not None else {}
 
+    def prefetch(self, sliceRange=None, aroundIndex=None, progress=None):
+        """Encode slices along the current axis ahead of need, on a background thread; returns the PrefetchJob.
+
+        sliceRange: inclusive (k0, k1) (default: every slice); aroundIndex:
+        visit slices nearest to it first (the slice the user looks at). A new
+        prefetch cancels the previous one; ``job.cancel()`` stops it. Snapshot
+        taken here (main thread); the worker touches no MRML node.
+        """
+        service = self._ensureService()
+        count = self.source.sliceCount(self.axis)
+        k0, k1 = sliceRange if sliceRange is not None else (0, count - 1)
+        indices = range(max(0, int(k0)), min(count - 1, int(k1)) + 1)
+        return service.prefetch(self.source, self.axis, indices, progress=progress, aroundIndex=aroundIndex)
+
     def setCacheBudget(self, maxBytes):
         """Keep at most ``maxBytes`` of slice embeddings in memory (least recently used are evicted beyond)."""
         from .cache import EmbeddingCache
