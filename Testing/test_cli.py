@@ -34,7 +34,6 @@ def runCli(tmp_path):
     def run(*args):
         return subprocess.run(cliCommand() + [str(a) for a in args], capture_output=True, text=True,
                               env=environment, timeout=300)
-
     return run
 
 
@@ -216,9 +215,7 @@ def test_every_bad_input_exits_nonzero_with_one_clear_line_and_no_output(runCli,
     out = tmp_path / "out" / "out.nii.gz"
     out.parent.mkdir()
     for name, arguments, words in badInputs(tmp_path):
-        if "--out" not in arguments:
-            arguments = arguments + ["--out", out]
-        done = runCli("segment", *arguments)
+        done = runCli("segment", *(arguments if "--out" in arguments else arguments + ["--out", out]))
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         assert done.returncode != 0, name
         assert len(lines) == 1, f"{name}: {done.stderr}"

@@ -30,10 +30,11 @@ def info(message: str) -> None:
 
 
 def resolveModel(value):
-    """(modelName, checkpointPath or None) for --model, checked before any image is read.
+    """(modelName, checkpointPath or None, note or None) for --model, checked before any image is read.
 
     value None: engines.defaultModelName() (MedSAM when cached, else the
-    weight-free engine, said on stderr). A path to an existing file is a
+    weight-free engine; the note says so, for stderr once the inputs are read,
+    so that an input error stays the only line). A path to an existing file is a
     custom checkpoint. A registry name must exist and, for downloadable
     weights, be in the cache. Raises InputError / CheckpointError with what to do.
     """
@@ -41,12 +42,13 @@ def resolveModel(value):
 
     if value is None:
         name = _defaultModelName()
+        note = None
         if name == WEIGHT_FREE_MODEL:
-            info("MedSAM weights are not in the model cache (get them with `medsam-slicer download medsam`): "
-                 "using the weight-free growcut engine.")
-        return name, None
+            note = ("MedSAM weights are not in the model cache (get them with `medsam-slicer download medsam`): "
+                    "using the weight-free growcut engine.")
+        return name, None, note
     if os.path.isfile(value):
-        return "custom", os.path.abspath(value)
+        return "custom", os.path.abspath(value), None
     if os.sep in value or value.lower().endswith((".pth", ".pt", ".ckpt", ".bin")):
         raise CheckpointError(f"checkpoint file {value} not found: check the path, or give a model name "
                               f"({', '.join(registry.modelNames())}).")
@@ -59,7 +61,7 @@ def resolveModel(value):
     if spec.kind == "download" and not _isCached(spec):
         raise DownloadError(f"the weights of {spec.modelId} are not downloaded: run `medsam-slicer download "
                               f"{spec.modelId}` first, or use --model growcut (weight-free).")
-    return spec.modelId, None
+    return spec.modelId, None, None
 
 
 def _defaultModelName() -> str:
@@ -78,10 +80,18 @@ def _isCached(spec) -> bool:
     return isModelCached(spec)
 
 
-def createLogic(scene, volumeNode, modelName, checkpointPath, device):
-    """A MedSAMLogic on ``scene`` with ``volumeNode`` and the chosen model set."""
+def announceModel(model) -> None:
+    """Say on stderr which engine ran and why, when resolveModel left a note (called after success, so that
+    an error stays the only stderr line)."""
+    if model[2]:
+        info(model[2])
+
+
+def createLogic(scene, volumeNode, model, device):
+    """A MedSAMLogic on ``scene`` with ``volumeNode`` and the model ``(name, checkpointPath, note)`` of resolveModel."""
     from .logic import MedSAMLogic
 
+    modelName, checkpointPath, _ = model
     logic = MedSAMLogic(scene)
     logic.setVolume(volumeNode)
     logic.setModel(modelName, device=device, checkpointPath=checkpointPath)
@@ -196,12 +206,12 @@ def runSegment(args) -> int:
 
     started = time.perf_counter()
     outputKind = checkOutputPath(args.out)
-    modelName, checkpointPath = resolveModel(args.model)
+    model = resolveModel(args.model)
     scene = createHeadlessScene()
     volumeNode = readImage(args.image, scene, args.volume_index)
     axis = AXES[args.axis]
     roi, positive, negative = addPromptNodes(scene, volumeNode, args.prompts, axis)
-    logic = createLogic(scene, volumeNode, modelName, checkpointPath, args.device)
+    logic = createLogic(scene, volumeNode, model, args.device)
     segmentationNode, segmentId = logic.setSegmentation()
     logic.setAxis(axis)
     logic.setPromptNodes(roiNode=roi, positiveNode=positive, negativeNode=negative)
@@ -211,6 +221,7 @@ def runSegment(args) -> int:
         logic.segmentSlice()
     maskKji = logic.previewMaskKji
     maskKji = np.zeros(_dimensionsIjk(volumeNode)[::-1], bool) if maskKji is None else np.asarray(maskKji, bool)
+    announceModel(model)
     if not maskKji.any():
         info("warning: the result is empty (the model found nothing in the prompt); writing an empty segment.")
     logic.apply(mode="add")
@@ -370,12 +381,13 @@ def runEvaluate(args) -> int:
     from .simulateduser import simulate2d, simulate3d
 
     started = time.perf_counter()
-    modelName, checkpointPath = resolveModel(args.model)
+    model = resolveModel(args.model)
+    modelName = model[0]
     scene = createHeadlessScene()
     volumeNode = readImage(args.image, scene, args.volume_index)
     labelNode = readImage(args.labelImage, scene)
     truthKji = truthFromLabel(labelOnImageGrid(labelNode, volumeNode), args.label)
-    logic = createLogic(scene, volumeNode, modelName, checkpointPath, args.device)
+    logic = createLogic(scene, volumeNode, model, args.device)
     axis = AXES[args.axis]
     source = logic.source
     if source.sliceCount(axis) == 1:
@@ -386,6 +398,7 @@ def runEvaluate(args) -> int:
     else:
         outcome = simulate3d(logic.service, source, truthKji, axis=axis, clickBudget=args.clicks)
         dimension = "3D"
+    announceModel(model)
     summary = {
         "dice": round(float(outcome.dices[-1]), 4),
         "noc85": int(outcome.noc85),

@@ -76,21 +76,23 @@ def createDemoVolume(scene):
 
 def runDemo(args) -> int:
     """Generate, segment from one box with propagation, write the outputs, print Dice and the time taken."""
-    from .clicommands import addBoxRoiIjk, createLogic, info, resolveModel
+    from .clicommands import addBoxRoiIjk, announceModel, createLogic, info, resolveModel
     from .headlessscene import createHeadlessScene
     from .imageio import prepareOutputFolder, writeSegmentation, writeVolume
 
     started = time.perf_counter()
     outFolder = os.path.abspath(args.out)
     prepareOutputFolder(os.path.join(outFolder, "demo.seg.nrrd"))
-    modelName, checkpointPath = resolveModel(args.model)
+    model = resolveModel(args.model)
+    modelName = model[0]
+    announceModel(model)
     scene = createHeadlessScene()
     volumeNode, truthKji = createDemoVolume(scene)
     axis = AXES["k"]
     boxIjk = boxAroundTruth(truthKji)
     info(f"demo: CT-like volume {volumeNode.GetImageData().GetDimensions()} voxels of {DEMO_SPACING_IJK} mm, "
          f"tilted {DEMO_TILT_DEGREES:g} degrees; box {boxIjk[0]}..{boxIjk[1]} (voxel indices); model {modelName}")
-    logic = createLogic(scene, volumeNode, modelName, checkpointPath, getattr(args, "device", "auto"))
+    logic = createLogic(scene, volumeNode, model, getattr(args, "device", "auto"))
     segmentationNode, segmentId = logic.setSegmentation()
     logic.setAxis(axis)
     logic.setPromptNodes(roiNode=addBoxRoiIjk(scene, volumeNode, boxIjk, axis))
