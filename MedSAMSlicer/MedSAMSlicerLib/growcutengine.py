@@ -11,8 +11,9 @@ prompts:
   the box.
 - points: a positive point seeds a foreground disc, a negative point a
   background disc (radius ``pointRadiusPixels``). When positive points are
-  given and the box core's intensity is unlike all of theirs (the box centre
-  missed the object), the core is not used as a seed.
+  given and the box core's intensity is unlike all of theirs but like the
+  background ring's (the box centre missed the object), the core is not used
+  as a seed.
 - previousLowResLogits (passed by propagation from the neighbouring slice):
   for this engine it is the full-resolution map it returned as
   ``lowResLogits``: -1 outside the mask, 1 + the smoothed intensity inside.
@@ -318,7 +319,7 @@ class GrowCutEngine(Engine):
             ring = ndimage.binary_dilation(region, iterations=self.ringPixels) & ~region
             seeds[ring] = SEED_BACKGROUND
             core = self._foregroundCore(image, prompts, region)
-            if self._agreesWithPositivePoints(image, core, prompts):
+            if self._agreesWithPositivePoints(image, core, ring, prompts):
                 seeds[core] = SEED_FOREGROUND
         else:
             seeds[0, :] = seeds[-1, :] = seeds[:, 0] = seeds[:, -1] = SEED_BACKGROUND
@@ -342,11 +343,13 @@ class GrowCutEngine(Engine):
         return seeds & (np.abs(image - median) <= max(3.0 * spread, PRIOR_MIN_TOLERANCE))
 
     @staticmethod
-    def _agreesWithPositivePoints(image: np.ndarray, core: np.ndarray, prompts: Prompts) -> bool:
-        """False when positive clicks exist and the core's typical intensity is unlike theirs.
+    def _agreesWithPositivePoints(image: np.ndarray, core: np.ndarray, ring: np.ndarray, prompts: Prompts) -> bool:
+        """False when positive clicks exist and the box core looks like the background ring, not like them.
 
         The box centre may miss the object (a C shape, two objects in one box);
-        the user's positive clicks then say what the object looks like.
+        the user's positive clicks then say what the object looks like. A core
+        unlike the clicks but unlike the background too is kept (an object of
+        two intensities).
         """
         positive = prompts.pointsXy[prompts.pointLabels == 1]
         if len(positive) == 0 or not core.any():
@@ -356,7 +359,9 @@ class GrowCutEngine(Engine):
         values = image[core]
         median = np.median(values)
         tolerance = max(3.0 * 1.4826 * np.median(np.abs(values - median)), CORE_POINT_TOLERANCE)
-        return bool(np.any(np.abs(image[rows, cols] - median) <= tolerance))
+        if np.any(np.abs(image[rows, cols] - median) <= tolerance):
+            return True
+        return not (ring.any() and abs(np.median(image[ring]) - median) <= tolerance)
 
     def _foregroundCore(self, image: np.ndarray, prompts: Prompts, region: np.ndarray) -> np.ndarray:
         """Foreground seed inside the box: the eroded previous mask if given, else the central ellipse."""
