@@ -212,3 +212,32 @@ def test_self_test_scenarios_pass_headless_with_growcut(headlessScene):
         "test_growcut_box_on_one_slice_apply_and_undo", "test_growcut_propagation_through_the_3d_box"))
     result = unittest.TextTestRunner(verbosity=0).run(suite)
     assert result.wasSuccessful(), [str(e[1]) for e in result.failures + result.errors]
+
+
+def test_live_refresh_after_propagation_corrects_in_worker_and_clear_drops_everything(session, scene):
+    logic, volume, truth, segmentation, segmentId = session
+    k = SHAPE_KJI[0] // 2
+    roi = _roi(scene, volume, _truthBoxIjk(truth, k))
+    negative = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "negative")
+    logic.setPromptNodes(roiNode=roi, negativeNode=negative)
+    logic.setAxis(2)
+    logic.setSegmentEditorNode(None)
+    logic.showResult(_runInWorker(logic.preparePropagation(PropagationSettings(), (k - 3, k + 3)).run))
+    propagated = logic.previewMaskKji.copy()
+    # A negative click inside the object on slice k + 1: the widget's live refresh (prepareUpdate) corrects.
+    rows, cols = np.nonzero(propagated[k + 1])
+    centreIjk = [cols.mean(), rows.mean(), k + 1]
+    negative.AddControlPoint(*ijkToRas(volume, np.asarray([centreIjk]))[0])
+    update = logic.prepareUpdate()
+    logic.showResult(_runInWorker(update.run))
+    corrected = logic.previewMaskKji
+    assert corrected[k + 1].sum() < propagated[k + 1].sum(), "the negative click removed nothing"
+    assert corrected[k + 1, int(round(rows.mean())), int(round(cols.mean()))] == 0
+    logic.setCacheBudget(64 << 20)
+    assert logic.cacheStats()["entries"] > 0
+    logic.clearEmbeddings()
+    assert logic.cacheStats()["entries"] == 0
+    logic.clear()
+    assert logic.previewMaskKji is None
+    assert roi.GetNumberOfControlPoints() == 0 and negative.GetNumberOfControlPoints() == 0
+    assert not segmentMaskKji(segmentation, segmentId, volume).any()
