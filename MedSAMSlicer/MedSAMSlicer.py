@@ -5,7 +5,6 @@ application lives in MedSAMSlicerLib; torch is imported only by the engines, at 
 import importlib.util
 import logging
 import os
-import unittest
 from typing import Annotated, Callable, Optional
 
 import qt
