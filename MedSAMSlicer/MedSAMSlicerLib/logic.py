@@ -442,7 +442,10 @@ class MedSAMLogic(ObservationMixin):
         args = (self.volumeNode, self.source, self.axis, roi, self.positiveNode, self.negativeNode)
         promptSet = promptsFromMarkups(*args, sliceIndex=sliceIndex)
         if sliceIndex is None and promptSet.sliceRange is not None and self.sliceNode is not None:
-            viewed = sliceIndexFromSliceNode(self.volumeNode, self.axis, self.sliceNode)
+            try:
+                viewed = sliceIndexFromSliceNode(self.volumeNode, self.axis, self.sliceNode)
+            except MedSAMError:
+                viewed = promptSet.sliceIndex  # the view is off the volume: keep the box's own slice
             if promptSet.sliceRange[0] <= viewed <= promptSet.sliceRange[1] and viewed != promptSet.sliceIndex:
                 promptSet = promptsFromMarkups(*args, sliceIndex=viewed)
         return promptSet

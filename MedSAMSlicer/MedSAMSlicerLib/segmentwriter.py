@@ -195,6 +195,8 @@ class SegmentWriter:
         """
         import slicer
 
+        if maskKji is None and (self.previewNode is None or self.previewNode.GetScene() is not self.scene):
+            return  # nothing shown, nothing to clear: no node is created for it
         node = self._ensurePreviewNode()
         node.SetAndObserveTransformNodeID(self.volumeNode.GetTransformNodeID())
         if maskKji is None:
