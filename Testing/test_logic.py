@@ -560,3 +560,15 @@ def test_prefetch_encodes_ahead_so_propagation_encodes_nothing_more(setup):
     assert job.done and logic.cacheStats()["encoded"] == 9
     logic.propagate(sliceRange=(k - 4, k + 4))
     assert logic.cacheStats()["encoded"] == 9
+
+
+def test_a_stray_click_off_the_propagated_slices_keeps_the_3d_preview(setup, scene):
+    logic, volume, roi, obj, decoy, centre = setup
+    k = int(centre[2])
+    positive = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+    logic.setPromptNodes(roi, positive)
+    logic.propagate(sliceRange=(k - 2, k + 2))
+    before = logic.previewMaskKji.copy()
+    positive.AddControlPoint(*(ijkToWorld(volume) @ np.r_[centre[0], centre[1], k + 5, 1.0])[:3])
+    assert isinstance(logic.lastError, InputError) and "outside the propagated slices" in str(logic.lastError)
+    np.testing.assert_array_equal(logic.previewMaskKji, before)

@@ -23,8 +23,9 @@ class ObservationMixin:
         """Run the preview update requested by markup changes since the last call (one decode for many events).
 
         Returns True when an update ran. Errors a user can cause (a box moved
-        off the volume) clear the preview and are reported through status and
-        logic.lastError instead of being raised.
+        off the volume) are reported through status and logic.lastError instead
+        of being raised, and clear a slice preview (a propagated preview is kept:
+        a stray click must not throw away a 3D result).
         """
         self._updateScheduled = False
         if not self._updatePending:
@@ -40,7 +41,8 @@ class ObservationMixin:
                 self._clearPreview()
         except MedSAMError as error:
             self.lastError = error
-            self._clearPreview()
+            if self.lastResult is None or self.lastResult.kind != "volume":
+                self._clearPreview()
             self.status.emit(str(error))
         return True
 
