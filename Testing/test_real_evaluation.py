@@ -1,0 +1,58 @@
+"""The simulated user with the weight-free engine on real labelled images (small subsets of ../shared/data).
+
+The thresholds sit below the figures of docs/evaluation.md (bench/evaluate_shared_data.py)
+and far above what a broken pipeline gives (a wrong frame, a flipped mask or a
+dead engine scores near 0).
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+from MedSAMSlicerLib.growcutengine import GrowCutEngine  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def evaluation():
+    import evaluate_shared_data
+
+    return evaluate_shared_data
+
+
+def test_ct_slices_from_sammed2d_box_prompts(sharedData, evaluation):
+    rows = evaluation.evaluate2d(GrowCutEngine(), evaluation.loadSammed2d(sharedData, limit=3), clickBudget=1)
+    assert len(rows) == 3
+    summary = evaluation.summarize(rows)
+    assert summary["diceBox"] >= 0.85 and summary["noc85"] <= 1.0
+
+
+def test_ultrasound_heads_from_hc18_improve_with_clicks(sharedData, evaluation):
+    rows = evaluation.evaluate2d(GrowCutEngine(), evaluation.loadHc18(sharedData, limit=2), clickBudget=3)
+    summary = evaluation.summarize(rows)
+    assert summary["diceBox"] >= 0.55
+    assert summary["diceFinal"] >= 0.7 and summary["diceFinal"] > summary["diceBox"] + 0.05
+    for row in rows:
+        assert row["dices"][-1] >= row["dices"][0]
+
+
+def test_totalsegmentator_mr_organs_with_the_3d_box_protocol(sharedData, evaluation):
+    cases = [case for case in evaluation.loadTotalSegmentator(sharedData, "mr")
+             if case[0] in ("mr:spleen", "mr:kidney_left", "mr:kidney_right")]
+    assert len(cases) == 3
+    rows = evaluation.evaluate3d(GrowCutEngine(), cases, clickBudget=0)
+    assert evaluation.summarize(rows)["diceBox"] >= 0.8
+    for row in rows:
+        assert row["diceBox"] >= 0.75, row["case"]
+
+
+def test_totalsegmentator_ct_kidney_with_the_3d_box_protocol(sharedData, evaluation):
+    cases = [case for case in evaluation.loadTotalSegmentator(sharedData, "ct") if case[0] == "ct:kidney_left"]
+    (caseId, source, truth, axis), = cases
+    assert truth.shape == source.shapeKji and np.count_nonzero(truth) >= 1000
+    rows = evaluation.evaluate3d(GrowCutEngine(), cases, clickBudget=0)
+    assert rows[0]["diceBox"] >= 0.75
