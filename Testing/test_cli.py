@@ -255,3 +255,24 @@ def test_evaluate_reports_dice_and_noc(runCli, tmp_path):
     assert summary["noc90"] <= 2 and summary["clicks"] <= 2
     done = runCli("evaluate", tmp_path / "volume.nii.gz", tmp_path / "label.nrrd", "--label", "1")
     assert done.returncode != 0 and "label 1 is not in the label image" in done.stderr
+
+
+def test_real_2d_images_segment(runCli, tmp_path, sharedData):
+    """A colour CT slice (SAM-Med2D) and a grayscale ultrasound (HC18), boxed from their masks."""
+    from PIL import Image
+
+    cases = [("sammed2d/images/amos_0004_75.png", "sammed2d/masks/amos_0004_75_liver_000.png", 0.8),
+             ("hc18/images/000_HC.png", "hc18/masks/000_HC_mask.png", 0.5)]
+    for imageName, maskName, minimumDice in cases:
+        truth = np.array(Image.open(sharedData / maskName)) > 0
+        rows, columns = np.nonzero(truth)
+        box = f"{columns.min()},{rows.min()},0,{columns.max()},{rows.max()},0"
+        out = tmp_path / (Path(imageName).stem + ".nii.gz")
+        done = runCli("segment", sharedData / imageName, "--out", out, "--box", box)
+        assert done.returncode == 0, done.stderr
+        mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))[0] > 0
+        assert mask.shape == truth.shape
+        outsideBox = mask.copy()
+        outsideBox[rows.min():rows.max() + 1, columns.min():columns.max() + 1] = False
+        assert not outsideBox.any(), imageName
+        assert dice(mask, truth) >= minimumDice, imageName
