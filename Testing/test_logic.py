@@ -572,3 +572,16 @@ def test_a_stray_click_off_the_propagated_slices_keeps_the_3d_preview(setup, sce
     positive.AddControlPoint(*(ijkToWorld(volume) @ np.r_[centre[0], centre[1], k + 5, 1.0])[:3])
     assert isinstance(logic.lastError, InputError) and "outside the propagated slices" in str(logic.lastError)
     np.testing.assert_array_equal(logic.previewMaskKji, before)
+
+
+def test_cleanup_stops_observing_and_removes_the_hidden_nodes(setup, scene):
+    logic, volume, roi, obj, decoy, centre = setup
+    logic.segmentSlice()
+    preview, editor = logic.writer.previewNode, logic.writer.segmentEditorNode
+    assert preview.GetScene() is scene and editor.GetScene() is scene
+    logic.cleanup()
+    assert preview.GetScene() is None and editor.GetScene() is None
+    changes = []
+    logic.previewChanged.connect(lambda: changes.append(1))
+    roi.SetCenter(*(np.array(roi.GetCenter()) + 1.0))
+    assert not changes and logic.lastError is None
