@@ -16,7 +16,6 @@ them: debounced through ``scheduleCallback``, a decode on a cached slice).
 Errors a user can cause raise MedSAMError subclasses. No Qt, no dialogs.
 """
 
-import logging
 import time
 from typing import Callable, Optional
 
@@ -24,8 +23,6 @@ from .errors import InputError, MedSAMError
 from .logicjobs import CorrectionJob, PostprocessOptions, PropagationJob, SegmentationResult, SliceJob
 from .logicobservers import DEBOUNCE_MS, MARKUP_EVENTS, VOLUME_EVENTS, ObservationMixin
 from .progress import Signal
-
-LOG = logging.getLogger(__name__)
 
 
 class MedSAMLogic(ObservationMixin):

@@ -368,8 +368,6 @@ class SegmentWriter:
 
     def _modify(self, segmentId, modifierKji, extent, modification):
         """One ModifySegmentByLabelmap call with a modifier cropped to ``extent`` on the reference grid."""
-        import slicer
-
         modifier = orientedImageFromMask(modifierKji, volumeIjkToNodeMatrix(self.volumeNode, self.segmentationNode), extent)
         modifier = self._onReferenceGrid(modifier)
         writeExtent = modifier.GetExtent()
