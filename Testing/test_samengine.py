@@ -290,3 +290,27 @@ def test_create_engine_from_files_and_names(tinyCheckpoint, tmp_path, monkeypatc
         createEngine("nnunet")
     assert defaultModelName() == "growcut"
     assert type(createEngine("growcut")).__name__ == "GrowCutEngine"
+
+
+def test_device_choice_precision_and_batch_size(monkeypatch):
+    from MedSAMSlicerLib import devices
+
+    assert devices.chooseDevice("cpu") == "cpu"
+    assert devices.chooseDevice("auto") in ("cuda", "mps", "cpu")
+    with pytest.raises(InputError, match="Unknown device 'tpu'"):
+        devices.chooseDevice("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="not available.*cpu"):
+            devices.chooseDevice("cuda")
+    assert devices.autocastDtype("cpu") is None
+    with devices.autocastContext("cpu"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    assert devices.batchSizeForMemory("cpu", 1) == 1
+    monkeypatch.setattr(devices, "freeMemoryBytes", lambda device: 10 * 2 ** 30)
+    assert devices.batchSizeForMemory("cuda", 2 ** 30) == 7  # 10 GiB free, 25 % headroom, 1 GiB per slice
+    assert devices.batchSizeForMemory("cuda", 2 ** 20, maxBatch=16) == 16
+    assert devices.batchSizeForMemory("cuda", 20 * 2 ** 30) == 1
+    assert devices.isOutOfMemory(torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    assert devices.isOutOfMemory(RuntimeError("MPS backend out of memory (MPS allocated: 9 GB)"))
+    assert not devices.isOutOfMemory(ValueError("out of memory"))
+    assert not devices.isOutOfMemory(RuntimeError("shape mismatch"))

@@ -43,6 +43,7 @@ def parseArgs(argv=None):
     parser.add_argument("--precisions", default="fp32,mixed", help="fp32 and/or mixed (bf16/fp16 autocast, GPU only)")
     parser.add_argument("--model", default="vit_b", choices=("vit_b", "tiny"),
                         help="vit_b (the real architecture) or tiny (a smoke test of this script)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", dest="jsonPath", default=None, help="write the results here as JSON")
     return parser.parse_args(argv)
 
@@ -90,15 +91,16 @@ def timeEncoder(engine, images, batchSize, device):
 
 def timeClicks(engine, embedding, steps, device):
     """Median seconds of one interaction (decode with the previous low-res mask), and all timings."""
-    timings, previous = [], None
+    timings, cpuTimes, previous = [], [], None
     for box, points, labels in steps:
-        start = time.perf_counter()
+        start, cpuStart = time.perf_counter(), time.process_time()
         result = engine.decode(embedding, Prompts(boxXyxy=box, pointsXy=points, pointLabels=labels,
                                                   previousLowResLogits=previous))
         synchronize(device)
         timings.append(time.perf_counter() - start)
+        cpuTimes.append(time.process_time() - cpuStart)
         previous = result.lowResLogits
-    return statistics.median(timings), timings
+    return statistics.median(timings), timings, statistics.median(cpuTimes)
 
 
 def timeBaseline(model, image, steps, device):
@@ -138,13 +140,16 @@ def run(args):
     from MedSAMSlicerLib.tinymodel import buildTinySam
 
     device = chooseDevice(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = build_sam_vit_b(checkpoint=None) if args.model == "vit_b" else buildTinySam()
     images = [syntheticSlice(args.size, seed) for seed in range(args.slices)]
     batchSizes = [int(b) for b in args.batch_sizes.split(",") if b]
     precisions = [p for p in args.precisions.split(",") if p == "fp32" or autocastDtype(device) is not None]
     results = {"machine": machineDescription(device), "device": device, "model": args.model, "recipe": args.recipe,
-               "sliceSize": args.size, "slices": args.slices, "command": " ".join(sys.argv), "encoder": []}
+               "sliceSize": args.size, "slices": args.slices, "command": " ".join(sys.argv), "encoder": [],
+               "loadAverageAtStart": round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None}
     embedding = None
     for precision in precisions:
         engine = SamEngine(model=model, recipe=args.recipe, device=device, modelId="bench_vit_b",
@@ -158,10 +163,11 @@ def run(args):
     steps = interactions(args.size, args.clicks)
     engine = SamEngine(model=model, recipe=args.recipe, device=device, modelId="bench_vit_b")
     timeClicks(engine, embedding, steps[:2], device)  # warm-up
-    clickMedian, clickTimes = timeClicks(engine, embedding, steps, device)
+    clickMedian, clickTimes, clickCpu = timeClicks(engine, embedding, steps, device)
     baselineSteps = steps[: args.baseline_clicks or args.clicks]
     baselineMedian, baselineTimes = timeBaseline(engine.model, images[0], baselineSteps, device)
-    results.update(clickMedianSeconds=clickMedian, clickTimes=clickTimes, clicks=len(steps),
+    results.update(clickMedianSeconds=clickMedian, clickTimes=clickTimes, clicks=len(steps), clickCpuSeconds=clickCpu,
+                   loadAverageAtEnd=round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None,
                    baselineMedianSeconds=baselineMedian, baselineTimes=baselineTimes, baselineClicks=len(baselineSteps),
                    speedupVsBaseline=baselineMedian / clickMedian, bytesPerCachedSlice=embedding.nbytes)
     return results
@@ -170,12 +176,13 @@ def run(args):
 def markdown(results):
     lines = [f"Machine: {results['machine']} (device {results['device']}); model {results['model']} "
              f"(random weights); recipe {results['recipe']}; "
-             f"{results['slices']} slices of {results['sliceSize']}x{results['sliceSize']}.", "",
+             f"{results['slices']} slices of {results['sliceSize']}x{results['sliceSize']}; 1-min load average "
+             f"{results['loadAverageAtStart']} at start, {results['loadAverageAtEnd']} at end.", "",
              "| measure | value |", "|---|---|"]
     for row in results["encoder"]:
         lines.append(f"| encoder, {row['precision']}, batch {row['batchSize']} | {row['secondsPerSlice']:.3f} s/slice |")
     lines += [f"| click-to-mask on an encoded slice, median of {results['clicks']} | "
-              f"{results['clickMedianSeconds'] * 1000:.1f} ms |",
+              f"{results['clickMedianSeconds'] * 1000:.1f} ms (process CPU time {results['clickCpuSeconds'] * 1000:.0f} ms) |",
               f"| plain SamPredictor.set_image + predict per interaction, median of {results['baselineClicks']} | "
               f"{results['baselineMedianSeconds'] * 1000:.0f} ms |",
               f"| speed-up of an interaction vs the plain way | {results['speedupVsBaseline']:.0f}x |",

@@ -113,6 +113,7 @@ class SamEngine(Engine):
         self.fallbackMessage: Optional[str] = None  # set when a GPU OOM moved the engine to the CPU
         self._batchCap: Optional[int] = None  # lowered after an out-of-memory error
         self._fallbackLock = threading.Lock()
+        self._densePe = None  # cached by _densePositionalEncoding; reset when the model changes device
         self.imgSize = int(self.model.image_encoder.img_size)
         self.maskInputSize = tuple(self.model.prompt_encoder.mask_input_size)
         self._torch = torch
@@ -133,6 +134,7 @@ class SamEngine(Engine):
         (``fallbackMessage``); it never fails for lack of GPU memory.
         Raises InputError for an image of the wrong shape.
         """
+        images = list(images)
         sizes = [self._checkImage(image, index) for index, image in enumerate(images)]
         embeddings: list = []
         batch = self._currentBatchSize()
@@ -202,6 +204,7 @@ class SamEngine(Engine):
             logger.warning(self.fallbackMessage)
             warnings.warn(self.fallbackMessage, RuntimeWarning, stacklevel=3)
             self.model.to("cpu")
+            self._densePe = None
             self._device = "cpu"
             self._batchCap = None
         emptyDeviceCache(previous)
@@ -341,7 +344,7 @@ class SamEngine(Engine):
             np.stack([p.maskInput for p in group])[:, None], dtype=torch.float, device=device)
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
         lowRes, iou = self.model.mask_decoder(
-            image_embeddings=features, image_pe=self.model.prompt_encoder.get_dense_pe(),
+            image_embeddings=features, image_pe=self._densePositionalEncoding(),
             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=first.multimask)
         if first.multimask:
             best = iou.argmax(dim=1)
@@ -352,6 +355,13 @@ class SamEngine(Engine):
         scores = iou[:, 0].float().cpu().numpy()
         return [DecodeResult(mask=fullMasks[i], score=float(np.clip(scores[i], 0.0, 1.0)), lowResLogits=lowResNumpy[i])
                 for i in range(len(group))]
+
+    def _densePositionalEncoding(self):
+        """The prompt encoder's positional encoding of the embedding grid: constant, so computed once per device."""
+        if self._densePe is None:
+            with self._torch.no_grad():
+                self._densePe = self.model.prompt_encoder.get_dense_pe()
+        return self._densePe
 
     def _masksFromLowRes(self, lowRes, embedding: SliceEmbedding):
         """(B, 1, h, w) logits -> (B, H, W) bool masks in slice pixels, per the recipe."""
