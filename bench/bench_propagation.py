@@ -1,0 +1,115 @@
+"""Benchmark: one propagation through N slices, split into encode / decode / write time.
+
+    .venv/bin/python bench/bench_propagation.py --engine growcut --slices 100
+    .venv/bin/python bench/bench_propagation.py --engine vit_b --slices 10 --device cpu
+    .venv/bin/python bench/bench_propagation.py --engine vit_b --slices 100 --device cuda
+
+The volume is a drifting-tube phantom spanning every slice (N x 128 x 128,
+1 x 1 x 2 mm); propagation starts on the middle slice and runs both ways with
+the stop rules off, so N - 1 slices are encoded and decoded (the seed
+slice's mask is given, as after a user's first segmentation).
+"vit_b" is segment-anything's ViT-B with random weights
+(build_sam_vit_b(checkpoint=None)) behind the project's SamEngine (MedSAM
+recipe): its speed is that of MedSAM / SAM ViT-B, its masks are meaningless.
+encode = time getting embeddings (cache misses, batched); decode = the
+engine's decode calls; write = PropagationResult.toVolumeMask (slice masks
+back to a (K, J, I) volume); overhead = the rest of the propagation loop
+(prompts, stop rules). "beyond encoding" = (total - encode) / total.
+"""
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "MedSAMSlicer"))
+
+from MedSAMSlicerLib.embeddings import EmbeddingService  # noqa: E402
+from MedSAMSlicerLib.intensity import IntensityPolicy  # noqa: E402
+from MedSAMSlicerLib.phantoms import driftingTubePhantom  # noqa: E402
+from MedSAMSlicerLib.propagation import PropagationSettings, propagate  # noqa: E402
+from MedSAMSlicerLib.slicesource import SliceSource  # noqa: E402
+
+#: Stop rules off: the benchmark times a fixed number of slices, whatever the masks look like.
+NO_STOP = dict(minAreaPixels=0, maxAreaRatio=float("inf"), minScore=-1.0, minIouWithPrevious=-1.0)
+
+
+def buildEngine(name: str, device: str, batchSize=None):
+    """The engine to time: "growcut" or "vit_b" (random-weight ViT-B in SamEngine)."""
+    if name == "growcut":
+        from MedSAMSlicerLib.growcutengine import GrowCutEngine
+
+        return GrowCutEngine()
+    if name == "vit_b":
+        import torch
+        from segment_anything import build_sam_vit_b
+
+        from MedSAMSlicerLib.samengine import SamEngine
+
+        torch.manual_seed(0)
+        return SamEngine(model=build_sam_vit_b(checkpoint=None), recipe="medsam", architecture="vit_b",
+                         device=device, batchSize=batchSize)
+    raise SystemExit(f"Unknown engine {name!r}: use growcut or vit_b.")
+
+
+def run(engineName: str, slices: int, device: str = "auto", size: int = 128, batchSize=None, lookahead=None):
+    """Propagate through `slices` slices; returns a dict of timings (seconds) and counts."""
+    voxels, truth, spacing = driftingTubePhantom((slices, size, size), spacingIjk=(1.0, 1.0, 2.0),
+                                                 radiusMm=size / 8.0, driftMm=size / 6.0, marginSlices=0)
+    source = SliceSource(voxels, spacing, IntensityPolicy.window(0.0, 1.0))
+    engine = buildEngine(engineName, device, batchSize)
+    service = EmbeddingService(engine)
+    settings = PropagationSettings(maxSlices=None, **NO_STOP)
+    if lookahead:
+        settings.lookaheadSlices = int(lookahead)
+    elif getattr(service, "batchSize", None):
+        settings.lookaheadSlices = max(settings.lookaheadSlices, int(service.batchSize))
+    seed = slices // 2
+    seedMask = source.nativeMaskToImage(2, truth[seed])
+    start = time.perf_counter()
+    result = propagate(service, source, 2, seed, seedMask, settings)
+    propagated = time.perf_counter() - start
+    start = time.perf_counter()
+    volume = result.toVolumeMask(source)
+    write = time.perf_counter() - start
+    encode, decode = result.timings["encode"], result.timings["decode"]
+    total = propagated + write
+    return {"engine": engineName, "device": str(getattr(engine, "device", "cpu")), "slices": slices,
+            "imageSize": list(source.imageShape(2)), "slicesWithMask": len(result.masks),
+            "encoded": service.stats().get("encoded"), "encode": encode, "decode": decode, "write": write,
+            "overhead": propagated - encode - decode, "total": total,
+            "beyondEncodingFraction": (total - encode) / total if total > 0 else 0.0,
+            "stopReasons": result.stopReasons, "voxels": int(volume.sum()),
+            "machine": f"{platform.processor() or platform.machine()}, {platform.system()}"}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--engine", default="growcut", choices=["growcut", "vit_b"])
+    parser.add_argument("--slices", type=int, default=100)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    parser.add_argument("--size", type=int, default=128, help="in-plane size of the phantom (pixels)")
+    parser.add_argument("--batch", type=int, default=None, help="encoder batch size (default: the engine's)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    figures = run(args.engine, args.slices, args.device, args.size, args.batch)
+    print(f"engine {figures['engine']} on {figures['device']}: {figures['slices']} slices "
+          f"({figures['encoded']} encoded, {figures['slicesWithMask']} with a mask), image {figures['imageSize']}")
+    for name in ("encode", "decode", "write", "overhead", "total"):
+        print(f"  {name:9s} {figures[name]:9.3f} s  ({1000 * figures[name] / figures['slices']:8.2f} ms/slice)")
+    print(f"  beyond encoding: {100 * figures['beyondEncodingFraction']:.2f}% of the total")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1))
+    return figures
+
+
+if __name__ == "__main__":
+    main()
