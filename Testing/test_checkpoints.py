@@ -10,6 +10,15 @@ from MedSAMSlicerLib.errors import CheckpointError
 from MedSAMSlicerLib.tinymodel import TINY_EMBED_DIM, buildTinySam, writeTinyCheckpoint
 
 
+
+@pytest.fixture(scope="module", autouse=True)
+def oneTorchThread():
+    """One intra-op thread: on a shared 2-core machine, two threads spin against other processes and run 5-10x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
 @pytest.fixture(scope="module")
 def tinyFiles(tmp_path_factory):
     folder = tmp_path_factory.mktemp("checkpoints")

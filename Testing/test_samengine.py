@@ -23,6 +23,15 @@ from MedSAMSlicerLib.tinymodel import writeTinyCheckpoint
 HEIGHT, WIDTH = 300, 500
 
 
+
+@pytest.fixture(scope="module", autouse=True)
+def oneTorchThread():
+    """One intra-op thread: on a shared 2-core machine, two threads spin against other processes and run 5-10x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
 @pytest.fixture(scope="module")
 def tinyCheckpoint(tmp_path_factory):
     return writeTinyCheckpoint(tmp_path_factory.mktemp("engine") / "tiny.pth", form="wrapped", seed=0)
