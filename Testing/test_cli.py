@@ -276,3 +276,24 @@ def test_real_2d_images_segment(runCli, tmp_path, sharedData):
         outsideBox[rows.min():rows.max() + 1, columns.min():columns.max() + 1] = False
         assert not outsideBox.any(), imageName
         assert dice(mask, truth) >= minimumDice, imageName
+
+
+
+def test_model_choice(tmp_path, monkeypatch):
+    """--model: a file is a custom checkpoint, names and aliases resolve, and the default says why it is growcut."""
+    from MedSAMSlicerLib.clicommands import resolveModel
+    from MedSAMSlicerLib.errors import DownloadError, InputError
+
+    monkeypatch.setenv("MEDSAM_SLICER_CACHE", str(tmp_path / "cache"))
+    checkpoint = tmp_path / "my_finetune.pth"
+    checkpoint.write_bytes(b"weights")
+    assert resolveModel(str(checkpoint)) == ("custom", str(checkpoint), None)
+    assert resolveModel("GrowCut") == ("growcut", None, None)
+    name, path, note = resolveModel(None)
+    assert (name, path) == ("growcut", None) and "medsam-slicer download medsam" in note
+    with pytest.raises(DownloadError, match="medsam-slicer download medsam_vit_b"):
+        resolveModel("medsam")
+    with pytest.raises(InputError, match="Unknown model"):
+        resolveModel("sam2")
+    with pytest.raises(InputError, match="not found"):
+        resolveModel(str(tmp_path / "missing.pth"))

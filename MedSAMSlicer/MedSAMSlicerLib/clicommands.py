@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from .cli import AXES
-from .errors import CheckpointError, DownloadError, InputError, PromptError
+from .errors import DownloadError, InputError, PromptError
 from .imageio import checkOutputPath, readImage, writeLabelmap, writeSegmentation
 
 WEIGHT_FREE_MODEL = "growcut"
@@ -36,7 +36,7 @@ def resolveModel(value):
     weight-free engine; the note says so, for stderr once the inputs are read,
     so that an input error stays the only line). A path to an existing file is a
     custom checkpoint. A registry name must exist and, for downloadable
-    weights, be in the cache. Raises InputError / CheckpointError with what to do.
+    weights, be in the cache. Raises InputError (unknown name, missing file) or DownloadError (not cached).
     """
     from . import registry
 
@@ -50,7 +50,7 @@ def resolveModel(value):
     if os.path.isfile(value):
         return "custom", os.path.abspath(value), None
     if os.sep in value or value.lower().endswith((".pth", ".pt", ".ckpt", ".bin")):
-        raise CheckpointError(f"checkpoint file {value} not found: check the path, or give a model name "
+        raise InputError(f"checkpoint file {value} not found: check the path, or give a model name "
                               f"({', '.join(registry.modelNames())}).")
     try:
         spec = registry.getModelSpec(value)
@@ -215,10 +215,15 @@ def runSegment(args) -> int:
     segmentationNode, segmentId = logic.setSegmentation()
     logic.setAxis(axis)
     logic.setPromptNodes(roiNode=roi, positiveNode=positive, negativeNode=negative)
-    if args.propagate:
-        logic.propagate()
-    else:
-        logic.segmentSlice()
+    progress = StderrProgress("segmenting")
+    logic.progress.connect(progress)
+    try:
+        if args.propagate:
+            logic.propagate()
+        else:
+            logic.segmentSlice()
+    finally:
+        progress.finish()
     maskKji = logic.previewMaskKji
     maskKji = np.zeros(_dimensionsIjk(volumeNode)[::-1], bool) if maskKji is None else np.asarray(maskKji, bool)
     announceModel(model)
@@ -292,21 +297,34 @@ def _megabytes(sizeBytes) -> str:
     return f"{sizeBytes / 1e6:.0f} MB" if sizeBytes else "size unknown"
 
 
-class _DownloadProgress:
-    """Download progress on stderr: a rewritten line on a terminal, every 10% otherwise."""
+class StderrProgress:
+    """Progress on stderr: one rewritten line on a terminal (cleared by finish()); when stderr is not a
+    terminal, a line every 10% if ``pipedLines`` else nothing (logs stay short)."""
 
-    def __init__(self, name):
-        self.name = name
+    def __init__(self, label, pipedLines=False):
+        self.label = label
+        self.pipedLines = pipedLines
         self.lastTenth = -1
+        self.lastShown = 0.0
         self.terminal = sys.stderr.isatty()
+        self.shown = False
 
     def __call__(self, fraction, text=""):
-        tenth = int(fraction * 10)
+        """Show ``fraction`` (0..1) and ``text``; at most 5 updates a second on a terminal."""
         if self.terminal:
-            print(f"\rdownloading {self.name}: {fraction * 100:5.1f}% {text}", end="", file=sys.stderr, flush=True)
-        elif tenth != self.lastTenth:
-            self.lastTenth = tenth
-            info(f"downloading {self.name}: {tenth * 10}%")
+            now = time.monotonic()
+            if now - self.lastShown >= 0.2 or fraction >= 1.0:
+                self.lastShown, self.shown = now, True
+                print(f"\r\033[K{self.label}: {fraction * 100:5.1f}% {text}"[:200], end="", file=sys.stderr, flush=True)
+        elif self.pipedLines and int(fraction * 10) != self.lastTenth:
+            self.lastTenth = int(fraction * 10)
+            info(f"{self.label}: {self.lastTenth * 10}%")
+
+    def finish(self):
+        """Clear the terminal line, so that what follows starts on a clean line."""
+        if self.terminal and self.shown:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+            self.shown = False
 
 
 def runDownload(args) -> int:
@@ -321,10 +339,11 @@ def runDownload(args) -> int:
         print(f"{spec.modelId} is already in the cache: {modelPath(spec)}")
         return 0
     info(f"downloading {spec.displayName} ({_megabytes(spec.sizeBytes)}) to {modelPath(spec).parent}")
-    progress = _DownloadProgress(spec.fileName)
-    path = ensureModel(spec, progress=progress)
-    if progress.terminal:
-        print(file=sys.stderr)
+    progress = StderrProgress(f"downloading {spec.fileName}", pipedLines=True)
+    try:
+        path = ensureModel(spec, progress=progress)
+    finally:
+        progress.finish()
     print(f"{spec.modelId} downloaded and verified: {path}")
     return 0
 
