@@ -30,7 +30,7 @@ DEVICES = ("auto", "cuda", "mps", "cpu")
 SETTINGS_PREFIX = "MedSAMSlicer/"
 DEFAULT_CACHE_BUDGET_MB = 1024
 POLL_INTERVAL_MS = 50
-PROMPT_EVENTS = ("PointAddedEvent", "PointModifiedEvent", "PointRemovedEvent")
+PROMPT_EVENTS = ("PointAddedEvent", "PointModifiedEvent", "PointRemovedEvent", "ModifiedEvent")  # ModifiedEvent: ROI resized
 PROMPT_COLORS = {"roiNode": (1.0, 0.85, 0.15), "positiveNode": (0.2, 0.9, 0.35), "negativeNode": (0.95, 0.25, 0.25)}
 SHORTCUTS = {
     "1": "boxButton", "2": "positiveButton", "3": "negativeButton",
@@ -285,14 +285,15 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         nodes = [node for node in nodes if node is not None]
         if nodes == self._observedPromptNodes:
             return
+        events = [(slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPromptPlaced)] + [
+            (getattr(slicer.vtkMRMLMarkupsNode, name, None) or getattr(vtk.vtkCommand, name), self.onPromptChanged)
+            for name in PROMPT_EVENTS]
         for node in self._observedPromptNodes:
-            self.removeObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPromptPlaced)
-            for event in PROMPT_EVENTS:
-                self.removeObserver(node, getattr(slicer.vtkMRMLMarkupsNode, event), self.onPromptChanged)
+            for event, method in events:
+                self.removeObserver(node, event, method)
         for node in nodes:
-            self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPromptPlaced)
-            for event in PROMPT_EVENTS:
-                self.addObserver(node, getattr(slicer.vtkMRMLMarkupsNode, event), self.onPromptChanged)
+            for event, method in events:
+                self.addObserver(node, event, method)
         self._observedPromptNodes = nodes
 
     def _startPlacing(self, attribute: str, button):
@@ -347,7 +348,8 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         nodes = [n for n in (node.roiNode, node.positiveNode, node.negativeNode) if n is not None]
         if not any(n.GetNumberOfControlPoints() for n in nodes):
-            self.logic.clear()
+            if self.logic.previewMaskKji is not None:
+                self.logic.clear()
             return
         # prepareUpdate: a slice preview, or a correction of a propagated preview when points are clicked on it.
         self._withEngine(lambda: self._runTask("Updating preview", self.logic.prepareUpdate, interactive=False), interactive=False)
