@@ -361,9 +361,13 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onPropagate(self):
         """Carry the mask through the volume in the background; the 3D preview shows the result."""
         node = self._parameterNode
-        sliceRange = None
-        if not node.rangeFromBox and node.rangeStart >= 0 and node.rangeEnd >= 0:
-            sliceRange = (min(node.rangeStart, node.rangeEnd), max(node.rangeStart, node.rangeEnd))
+        if not self._syncLogicInputs():
+            return
+        sliceRange = None  # the Logic's default: the 3D box's slices, else the whole volume
+        if not node.rangeFromBox:  # Start here / End here; an end left at "no limit" is the volume's end
+            last = self.logic.source.sliceCount(self.logic.axis) - 1
+            ends = (node.rangeStart if node.rangeStart >= 0 else 0, node.rangeEnd if node.rangeEnd >= 0 else last)
+            sliceRange = (min(ends), min(max(ends), last))
         settings = PropagationSettings(marginMm=node.marginMm, minScore=node.minScore,
                                        minIouWithPrevious=node.minIou, maxAreaRatio=node.maxAreaRatio)
         self._withEngine(lambda: self._runTask("Propagating", lambda: self.logic.preparePropagation(settings, sliceRange)))
