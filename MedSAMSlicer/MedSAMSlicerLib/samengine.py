@@ -372,7 +372,11 @@ class SamEngine(Engine):
             probability = F.interpolate(self._torch.sigmoid(lowRes), size=(height, width), mode="bilinear",
                                         align_corners=False)
             return probability[:, 0] > 0.5
-        inputSize = tuple(embedding.extra.get("inputSize", (self.imgSize, self.imgSize)))
+        # The unpadded input size follows from the slice size (ResizeLongestSide); recomputed rather than
+        # read from embedding.extra so embeddings restored from a disk cache decode the same.
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        inputSize = ResizeLongestSide.get_preprocess_shape(height, width, self.imgSize)
         logits = self.model.postprocess_masks(lowRes, inputSize, (height, width))
         return logits[:, 0] > self.model.mask_threshold
 
