@@ -199,7 +199,9 @@ def test_encoding_keeps_colour_replicates_gray_and_leaves_inputs_alone(medsam, m
     inputs = []
     original = medsam.model.image_encoder.forward
     monkeypatch.setattr(medsam.model.image_encoder, "forward", lambda x: inputs.append(x.clone()) or original(x))
-    embeddings = medsam.encode([gray, colour])
+    progress = []
+    embeddings = medsam.encode([gray, colour], progress=lambda fraction, text: progress.append(fraction))
+    assert progress == [0.5, 1.0]  # one slice per pass on the CPU
     np.testing.assert_array_equal(gray, grayCopy)
     np.testing.assert_array_equal(colour, colourCopy)
     batch = torch.cat(inputs)
