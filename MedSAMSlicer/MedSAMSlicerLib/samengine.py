@@ -168,13 +168,14 @@ class SamEngine(Engine):
         return min(size, self._batchCap) if self._batchCap else size
 
     def _estimatedBytesPerSlice(self) -> int:
-        """Peak encoder memory per slice: global attention scores (heads x tokens^2, ~3 live copies) dominate."""
+        """Peak encoder memory per slice: a global attention block's scores dominate (heads x tokens^2, held as
+        scores and scores + relative positions in the compute precision, and softmax in fp32 even under autocast)."""
         encoder = self.model.image_encoder
         grid = self.imgSize // encoder.patch_embed.proj.kernel_size[0]
         heads = encoder.blocks[0].attn.num_heads
         element = 2 if (self.mixedPrecision and autocastDtype(self._device) is not None) else 4
         embedDim = encoder.patch_embed.proj.out_channels
-        return 3 * heads * grid ** 4 * element + 16 * grid * grid * embedDim * 4 + 3 * self.imgSize ** 2 * 4
+        return heads * grid ** 4 * (2 * element + 4) + 16 * grid * grid * embedDim * 4 + 3 * self.imgSize ** 2 * 4
 
     def _recoverFromOutOfMemory(self, batch: int, exc: BaseException) -> int:
         """Halve the batch after an OOM; at one slice move to the CPU. Returns the batch to retry with."""
