@@ -208,6 +208,7 @@ def badInputs(tmp_path):
         ("corrupt checkpoint", [image, "--box", good, "--model", tmp_path / "corrupt.pth"], "corrupt.pth"),
         ("unknown architecture", [image, "--box", good, "--model", tmp_path / "other.pth"], "segment anything"),
         ("unwritable folder", [image, "--box", good, "--out", tmp_path / "blocker" / "out.nii.gz"], "output folder"),
+        ("output is the input", [image, "--box", good, "--out", image], "is the input image"),
     ]
 
 
@@ -222,6 +223,7 @@ def test_every_bad_input_exits_nonzero_with_one_clear_line_and_no_output(runCli,
         assert words.lower() in lines[0].lower(), f"{name}: {lines[0]}"
         assert "Traceback" not in done.stderr
         assert os.listdir(out.parent) == [], name  # no OUT, no temporary file
+    assert sitk.ReadImage(str(tmp_path / "good.nii.gz")).GetSize() == (32, 24, 8)  # the input is untouched
 
 
 def test_debug_shows_the_traceback(runCli, tmp_path):

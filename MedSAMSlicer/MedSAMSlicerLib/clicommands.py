@@ -206,6 +206,8 @@ def runSegment(args) -> int:
 
     started = time.perf_counter()
     outputKind = checkOutputPath(args.out)
+    if os.path.exists(args.image) and os.path.realpath(args.image) == os.path.realpath(args.out):
+        raise InputError(f"--out {args.out} is the input image: choose another output file name.")
     model = resolveModel(args.model)
     scene = createHeadlessScene()
     volumeNode = readImage(args.image, scene, args.volume_index)
