@@ -325,3 +325,24 @@ def test_device_choice_precision_and_batch_size(monkeypatch):
     assert devices.isOutOfMemory(RuntimeError("MPS backend out of memory (MPS allocated: 9 GB)"))
     assert not devices.isOutOfMemory(ValueError("out of memory"))
     assert not devices.isOutOfMemory(RuntimeError("shape mismatch"))
+
+
+def test_model_too_big_for_the_gpu_runs_on_the_cpu(monkeypatch):
+    from MedSAMSlicerLib import samengine
+    from MedSAMSlicerLib.tinymodel import buildTinySam
+
+    monkeypatch.setattr(samengine, "chooseDevice", lambda device: "cuda")
+    model = buildTinySam(seed=2)
+    moveToCpu = model.to
+
+    def to(device, *args, **kwargs):
+        if str(device).startswith("cuda"):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.40 GiB")
+        return moveToCpu(device, *args, **kwargs)
+
+    monkeypatch.setattr(model, "to", to)
+    with pytest.warns(RuntimeWarning, match="does not fit in the memory of the GPU"):
+        engine = SamEngine(model=model, recipe="sam", device="cuda", modelId="tiny:test")
+    assert engine.device == "cpu" and "smaller model" in engine.fallbackMessage
+    embedding = engine.encode([_slice()])[0]
+    assert engine.decode(embedding, Prompts(boxXyxy=(260, 70, 380, 180))).mask.shape == (HEIGHT, WIDTH)

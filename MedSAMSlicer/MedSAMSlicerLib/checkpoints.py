@@ -61,7 +61,8 @@ class ArchitectureInfo:
         return f"{self.name} (embed dim {self.embedDim}, {self.depth} blocks, patch {self.patchSize}, input {self.imgSize})"
 
 
-def _torch():
+def requireTorch():
+    """The torch module; DependencyError saying how to install it when it is missing."""
     try:
         import torch
     except ImportError:
@@ -147,7 +148,7 @@ def lookalikeName(info: ArchitectureInfo) -> str:
 
 def buildSamModel(info: ArchitectureInfo):
     """An untrained segment_anything Sam with exactly the dims of ``info`` (eval mode, on the CPU)."""
-    torch = _torch()
+    torch = requireTorch()
     try:
         from segment_anything import sam_model_registry
         from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
@@ -186,7 +187,7 @@ def readStateDict(path) -> dict:
     is run. Strips a DataParallel "module." prefix. Raises CheckpointError for a
     missing, unreadable, truncated or non-checkpoint file.
     """
-    torch = _torch()
+    torch = requireTorch()
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint file not found: {path}. Check the path, or download the model again.")

@@ -88,10 +88,9 @@ class SamEngine(Engine):
     def __init__(self, checkpointPath=None, recipe: str = "medsam", architecture: Optional[str] = None,
                  device: str = "auto", modelId: Optional[str] = None, *, model=None, modelName: Optional[str] = None,
                  batchSize: Optional[int] = None, displayName: Optional[str] = None, mixedPrecision: bool = True):
-        import torch
+        from .checkpoints import detectArchitecture, loadSamModel, requireTorch
 
-        from .checkpoints import detectArchitecture, loadSamModel
-
+        torch = requireTorch()  # DependencyError with advice when PyTorch is missing
         if recipe not in SAM_RECIPES:
             raise InputError(f"Unknown preprocessing recipe {recipe!r}; choose one of {', '.join(SAM_RECIPES)}.")
         if (model is None) == (checkpointPath is None):
@@ -105,18 +104,33 @@ class SamEngine(Engine):
             self.architecture = architecture or detectArchitecture(model.state_dict()).name
             identity = f"mem{id(model):x}"
         self.checkpointPath = Path(checkpointPath) if checkpointPath is not None else None
-        self.model = model.eval().to(self._device)
+        self.fallbackMessage: Optional[str] = None  # set when a GPU OOM moved the engine to the CPU
+        self.model = self._placeModel(model.eval())
         self.modelId = modelId or f"{modelName or f'{recipe}_{self.architecture}'}:{identity}"
         self.displayName = displayName or f"{'MedSAM' if recipe == 'medsam' else 'SAM'} ({self.architecture})"
         self.batchSize = batchSize
         self.mixedPrecision = mixedPrecision
-        self.fallbackMessage: Optional[str] = None  # set when a GPU OOM moved the engine to the CPU
         self._batchCap: Optional[int] = None  # lowered after an out-of-memory error
         self._fallbackLock = threading.Lock()
         self._densePe = None  # cached by _densePositionalEncoding; reset when the model changes device
         self.imgSize = int(self.model.image_encoder.img_size)
         self.maskInputSize = tuple(self.model.prompt_encoder.mask_input_size)
         self._torch = torch
+
+    def _placeModel(self, model):
+        """The model moved to the engine's device; on a GPU too small for the weights, kept on the CPU with a warning."""
+        try:
+            return model.to(self._device)
+        except Exception as exc:
+            if not isOutOfMemory(exc) or self._device == "cpu":
+                raise
+            self.fallbackMessage = (f"The model does not fit in the memory of the GPU ({self._device}); it runs on the "
+                                    "CPU, which is slower. Close other GPU programs or choose a smaller model.")
+            logger.warning(self.fallbackMessage)
+            warnings.warn(self.fallbackMessage, RuntimeWarning, stacklevel=3)
+            emptyDeviceCache(self._device)
+            self._device = "cpu"
+            return model.to("cpu")
 
     @property
     def device(self) -> str:
