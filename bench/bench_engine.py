@@ -31,6 +31,7 @@ from MedSAMSlicerLib.engine import Prompts  # noqa: E402
 
 
 def parseArgs(argv=None):
+    """Command-line options (see --help)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     parser.add_argument("--slices", type=int, default=4, help="slices encoded per configuration")
@@ -49,6 +50,7 @@ def parseArgs(argv=None):
 
 
 def synchronize(device):
+    """Wait for queued GPU work so wall-clock timings are honest; nothing on CPU."""
     import torch
 
     if device.startswith("cuda"):
@@ -123,6 +125,7 @@ def timeBaseline(model, image, steps, device):
 
 
 def machineDescription(device):
+    """CPU/GPU, core and thread counts and torch version, for the results table."""
     import torch
 
     text = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, " \
@@ -133,6 +136,7 @@ def machineDescription(device):
 
 
 def run(args):
+    """Run every measurement and return the results as a dict (seconds, bytes)."""
     import torch
     from segment_anything import build_sam_vit_b
 
@@ -174,6 +178,7 @@ def run(args):
 
 
 def markdown(results):
+    """The results as a markdown table for docs/benchmarks.md."""
     lines = [f"Machine: {results['machine']} (device {results['device']}); model {results['model']} "
              f"(random weights); recipe {results['recipe']}; "
              f"{results['slices']} slices of {results['sliceSize']}x{results['sliceSize']}; 1-min load average "
@@ -191,6 +196,7 @@ def markdown(results):
 
 
 def main(argv=None):
+    """Entry point: measure, print the table, optionally write JSON."""
     args = parseArgs(argv)
     results = run(args)
     print(markdown(results))
