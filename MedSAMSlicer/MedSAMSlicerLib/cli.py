@@ -226,20 +226,17 @@ def _run(args) -> int:
     return command(args)
 
 
-def _silenceNativeMessages() -> None:
-    """Keep VTK's and ITK's own warning windows off stderr (the CLI reports errors itself)."""
-    try:
-        import vtk
+def silenceNativeMessages() -> None:
+    """Keep VTK's and ITK's own warning windows off stderr (the CLI reports errors itself).
 
-        vtk.vtkObject.GlobalWarningDisplayOff()
-    except ImportError:
-        pass
-    try:
-        import SimpleITK
+    Called by the commands once they need VTK (imported lazily, so that --help
+    and argument errors stay instant).
+    """
+    import SimpleITK
+    import vtk
 
-        SimpleITK.ProcessObject.GlobalWarningDisplayOff()
-    except (ImportError, AttributeError):
-        pass
+    vtk.vtkObject.GlobalWarningDisplayOff()
+    SimpleITK.ProcessObject.GlobalWarningDisplayOff()
 
 
 COORDINATE_OPTIONS = ("--box", "--box-ras", "--point", "--point-ras")
@@ -269,7 +266,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         _validate(args)
         if not args.debug:
-            _silenceNativeMessages()
             logging.getLogger("MedSAMSlicerLib").setLevel(logging.ERROR)
         return int(_run(args) or 0)
     except MedSAMError as error:

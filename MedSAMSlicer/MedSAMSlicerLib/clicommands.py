@@ -26,6 +26,17 @@ def info(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def newScene(args):
+    """A headless MRML scene for one command; native libraries' messages silenced unless --debug."""
+    from .cli import silenceNativeMessages
+    from .headlessscene import createHeadlessScene
+
+    scene = createHeadlessScene()
+    if not getattr(args, "debug", False):
+        silenceNativeMessages()
+    return scene
+
+
 # ---------------------------------------------------------------- models
 
 
@@ -202,14 +213,12 @@ def addPromptNodes(scene, volumeNode, prompts, axis):
 
 def runSegment(args) -> int:
     """`segment`: read IMAGE, prompt, segment (and propagate), write OUT with IMAGE's geometry."""
-    from .headlessscene import createHeadlessScene
-
     started = time.perf_counter()
     outputKind = checkOutputPath(args.out)
     if os.path.exists(args.image) and os.path.realpath(args.image) == os.path.realpath(args.out):
         raise InputError(f"--out {args.out} is the input image: choose another output file name.")
     model = resolveModel(args.model)
-    scene = createHeadlessScene()
+    scene = newScene(args)
     volumeNode = readImage(args.image, scene, args.volume_index)
     axis = AXES[args.axis]
     roi, positive, negative = addPromptNodes(scene, volumeNode, args.prompts, axis)
@@ -398,13 +407,12 @@ def truthFromLabel(labelKji, labelValue=None) -> np.ndarray:
 
 def runEvaluate(args) -> int:
     """`evaluate IMAGE LABEL`: the simulated user (box from the truth, corrective clicks); Dice and NoC@85/90."""
-    from .headlessscene import createHeadlessScene
     from .simulateduser import simulate2d, simulate3d
 
     started = time.perf_counter()
     model = resolveModel(args.model)
     modelName = model[0]
-    scene = createHeadlessScene()
+    scene = newScene(args)
     volumeNode = readImage(args.image, scene, args.volume_index)
     labelNode = readImage(args.labelImage, scene)
     truthKji = truthFromLabel(labelOnImageGrid(labelNode, volumeNode), args.label)

@@ -76,8 +76,7 @@ def createDemoVolume(scene):
 
 def runDemo(args) -> int:
     """Generate, segment from one box with propagation, write the outputs, print Dice and the time taken."""
-    from .clicommands import addBoxRoiIjk, announceModel, createLogic, info, resolveModel
-    from .headlessscene import createHeadlessScene
+    from .clicommands import addBoxRoiIjk, announceModel, createLogic, info, newScene, resolveModel
     from .imageio import prepareOutputFolder, writeSegmentation, writeVolume
 
     started = time.perf_counter()
@@ -86,7 +85,7 @@ def runDemo(args) -> int:
     model = resolveModel(args.model)
     modelName = model[0]
     announceModel(model)
-    scene = createHeadlessScene()
+    scene = newScene(args)
     volumeNode, truthKji = createDemoVolume(scene)
     axis = AXES["k"]
     boxIjk = boxAroundTruth(truthKji)
