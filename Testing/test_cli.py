@@ -259,6 +259,21 @@ def test_evaluate_reports_dice_and_noc(runCli, tmp_path):
     assert done.returncode != 0 and "label 1 is not in the label image" in done.stderr
 
 
+def test_evaluate_2d_image(runCli, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(4)
+    rows, columns = np.mgrid[:80, :100]
+    truth = ((rows - 42) / 20.0) ** 2 + ((columns - 45) / 28.0) ** 2 <= 1.0
+    Image.fromarray(np.clip(70 + 110 * truth + rng.normal(0, 10, truth.shape), 0, 255).astype(np.uint8)).save(
+        tmp_path / "image.png")
+    Image.fromarray((truth * 255).astype(np.uint8)).save(tmp_path / "mask.png")
+    done = runCli("evaluate", tmp_path / "image.png", tmp_path / "mask.png", "--clicks", "1", "--json")
+    assert done.returncode == 0, done.stderr
+    summary = lastJson(done.stdout)
+    assert summary["dimension"] == "2D" and summary["dice"] >= 0.9 and len(summary["dices"]) == summary["clicks"] + 1
+
+
 def test_real_2d_images_segment(runCli, tmp_path, sharedData):
     """A colour CT slice (SAM-Med2D) and a grayscale ultrasound (HC18), boxed from their masks."""
     from PIL import Image
