@@ -164,8 +164,9 @@ def addBoxRoiIjk(scene, volumeNode, boxIjk, axis):
     return roi
 
 
-def addBoxRoiRas(scene, volumeNode, boxRas):
-    """An ROI node for a RAS box (axis-aligned in RAS); PromptError when it misses the image entirely."""
+def addBoxRoiRas(scene, volumeNode, boxRas, axis=2):
+    """An ROI node for a RAS box (axis-aligned in RAS); PromptError when it misses the image entirely
+    or spans less than 2 voxel centres in an in-plane direction of ``axis``."""
     low, high = (np.asarray(corner, float) for corner in boxRas)
     corners = np.array([[x, y, z, 1.0] for x in (low[0], high[0]) for y in (low[1], high[1]) for z in (low[2], high[2])])
     cornersIjk = (np.linalg.inv(_ijkToRasMatrix(volumeNode)) @ corners.T).T[:, :3]
@@ -174,6 +175,10 @@ def addBoxRoiRas(scene, volumeNode, boxRas):
     if any(highIjk[a] < -0.5 or lowIjk[a] > dims[a] - 0.5 for a in range(3)):
         raise PromptError("--box-ras is entirely outside the image: give RAS millimetres inside it "
                           "(or use --box with voxel indices).")
+    for inPlane in (a for a in range(3) if a != axis):
+        if highIjk[inPlane] - lowIjk[inPlane] < 1.0:
+            raise PromptError(f"--box-ras is {highIjk[inPlane] - lowIjk[inPlane]:.2f} voxel wide along "
+                              f"{'ijk'[inPlane]}: draw it at least 2 voxels wide in both in-plane directions.")
     roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
     roi.SetXYZ(*((low + high) / 2.0))
     roi.SetRadiusXYZ(*((high - low) / 2.0))
@@ -203,7 +208,7 @@ def addPromptNodes(scene, volumeNode, prompts, axis):
         checkBoxIjk(prompts.boxIjk, dims)
         roi = addBoxRoiIjk(scene, volumeNode, prompts.boxIjk, axis)
     elif prompts.boxRas is not None:
-        roi = addBoxRoiRas(scene, volumeNode, prompts.boxRas)
+        roi = addBoxRoiRas(scene, volumeNode, prompts.boxRas, axis)
     positive, negative = addPointNodes(scene, volumeNode, prompts)
     return roi, positive, negative
 
