@@ -156,8 +156,9 @@ def test_2d_images_become_one_slice_volumes(scene, tmp_path):
     Image.fromarray(rgba[..., :3]).save(tmp_path / "rgb.jpg", quality=100)
     Image.fromarray(rgba).save(tmp_path / "rgba.png")
     Image.fromarray(gray).save(tmp_path / "gray.tif")
+    Image.fromarray(np.stack([gray, gray // 2], -1), mode="LA").save(tmp_path / "grayalpha.png")
 
-    for name in ("gray.png", "gray.tif"):
+    for name in ("gray.png", "gray.tif", "grayalpha.png"):
         node = imageio.readImage(str(tmp_path / name), scene)
         assert node.GetClassName() == "vtkMRMLScalarVolumeNode"
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), gray[np.newaxis])

@@ -74,8 +74,8 @@ def readImage(path, scene, volumeIndex: Optional[int] = None, warn: Optional[War
 
     path: NIfTI, NRRD, MHA (any format Slicer's volume reader takes), a folder
     holding exactly one DICOM series, or a 2D image (PNG, JPEG, TIFF, BMP), which
-    becomes a one-slice volume: scalar for grayscale, a 3-component vector
-    volume for RGB or RGBA (alpha dropped). 2D spacing is 1 mm unless the file
+    becomes a one-slice volume: scalar for grayscale (alpha dropped), a
+    3-component vector volume for RGB or RGBA (alpha dropped). 2D spacing is 1 mm unless the file
     says otherwise. volumeIndex picks one volume (0-based) of a 4D image or one
     component of an image with many components per voxel.
     Returns a vtkMRMLScalarVolumeNode or vtkMRMLVectorVolumeNode. NaN voxels are
@@ -97,7 +97,13 @@ def readImage(path, scene, volumeIndex: Optional[int] = None, warn: Optional[War
 
 
 def _readImageFile(path, scene, volumeIndex):
-    """Read one image file: header check first, then Slicer's reader or SimpleITK."""
+    """Read one image file: header check first, then SimpleITK (Pillow for 2D images ITK cannot read)."""
+    if lowerExtension(path) in IMAGE_2D_EXTENSIONS:
+        image = _readWithPillow(path)
+        if image is not None:
+            if volumeIndex not in (None, 0):
+                raise InputError(f"--volume-index {volumeIndex} given, but {os.path.basename(path)} is a 2D image: leave it out.")
+            return _nodeFromSitkImage(image, scene, _nodeName(path))
     info = _readHeader(path)
     dimension, components = info.GetDimension(), info.GetNumberOfComponents()
     size = info.GetSize()
@@ -110,7 +116,8 @@ def _readImageFile(path, scene, volumeIndex):
                 f"{size[0]}x{size[1]}x{size[2]}: pick one with --volume-index N (0 to {count - 1})."
             )
         return _nodeFromSitkImage(_extractVolume(path, size, volumeIndex), scene, name)
-    if components not in (1, 3, 4):
+    grayAlpha = components == 2 and lowerExtension(path) in IMAGE_2D_EXTENSIONS
+    if components not in (1, 3, 4) and not grayAlpha:
         if volumeIndex is None:
             raise InputError(
                 f"{os.path.basename(path)} has {components} components per voxel; only grayscale or RGB(A) "
@@ -120,6 +127,35 @@ def _readImageFile(path, scene, volumeIndex):
     if volumeIndex not in (None, 0):
         raise InputError(f"--volume-index {volumeIndex} given, but {os.path.basename(path)} holds a single volume: leave it out.")
     return _nodeFromSitkImage(_readSitk(path), scene, name)
+
+
+def _readWithPillow(path):
+    """A 2D image that SimpleITK cannot read (grayscale + alpha, palette PNG) as a SimpleITK image, via Pillow.
+
+    Returns None when SimpleITK can read the file itself (its reader keeps
+    spacing information) or when Pillow is not installed or cannot read it either.
+    """
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        with quietNativeStderr():
+            reader.ReadImageInformation()
+        return None
+    except RuntimeError:
+        pass
+    try:
+        from PIL import Image
+    except ImportError:
+        return None
+    try:
+        with Image.open(path) as picture:
+            mode = "RGB" if picture.mode in ("RGBA", "RGB", "P", "PA", "CMYK", "YCbCr") else "L"
+            pixels = np.asarray(picture.convert(mode) if picture.mode not in ("I", "I;16", "F") else picture)
+    except (OSError, ValueError):
+        return None
+    return sitk.GetImageFromArray(np.ascontiguousarray(pixels), isVector=pixels.ndim == 3)
 
 
 def _readHeader(path):
@@ -227,6 +263,8 @@ def _nodeFromSitkImage(image, scene, name):
         voxels = voxels[np.newaxis]
     if components == 4:
         voxels = voxels[..., :3]
+    elif components == 2:  # grayscale + alpha (a PNG "LA"): the gray channel
+        voxels, components = voxels[..., 0], 1
     elif components not in (1, 3):
         raise InputError(f"{name} has {components} components per voxel; only grayscale or RGB(A) images can be segmented.")
     ijkToRas = np.eye(4)
