@@ -72,11 +72,10 @@ def lowerExtension(path: str) -> str:
 def readImage(path, scene, volumeIndex: Optional[int] = None, warn: Optional[WarnCallback] = None):
     """Read an image file or DICOM folder into a new volume node in ``scene``.
 
-    path: NIfTI, NRRD, MHA (any format Slicer's volume reader takes), a folder
-    holding exactly one DICOM series, or a 2D image (PNG, JPEG, TIFF, BMP), which
-    becomes a one-slice volume: scalar for grayscale (alpha dropped), a
-    3-component vector volume for RGB or RGBA (alpha dropped). 2D spacing is 1 mm unless the file
-    says otherwise. volumeIndex picks one volume (0-based) of a 4D image or one
+    path: NIfTI, NRRD, MHA/MHD (any 3D format ITK reads), a folder holding
+    exactly one DICOM series, or a 2D image (PNG, JPEG, TIFF, BMP), which becomes
+    a one-slice volume: scalar for grayscale, a 3-component vector volume for
+    RGB (alpha dropped in both). 2D spacing is 1 mm unless the file says otherwise. volumeIndex picks one volume (0-based) of a 4D image or one
     component of an image with many components per voxel.
     Returns a vtkMRMLScalarVolumeNode or vtkMRMLVectorVolumeNode. NaN voxels are
     kept as they are and reported through ``warn`` (stderr by default).
