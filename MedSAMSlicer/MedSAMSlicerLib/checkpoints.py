@@ -246,9 +246,9 @@ def loadSamModel(path, architecture: Optional[str] = None):
     wanted = (architecture or "auto").lower()
     if wanted not in ("auto", "custom") and wanted != info.name:
         looksLike = lookalikeName(info)
+        shape = info.describe() if looksLike == info.name else f"{looksLike} ({info.describe()})"
         raise CheckpointError(
-            f"{Path(path).name} does not fit the {wanted} architecture: its weights look like "
-            f"{looksLike} ({info.describe()}). Choose {looksLike if looksLike != 'custom' else 'the custom model'} "
+            f"{Path(path).name} does not fit the {wanted} architecture: its weights look like {shape}. Choose {looksLike if looksLike != 'custom' else 'the custom model'} "
             "for this file, or pick the checkpoint that matches the model.")
     model = buildSamModel(info)
     try:
