@@ -44,10 +44,11 @@ def resolveModel(value):
     """(modelName, checkpointPath or None, note or None) for --model, checked before any image is read.
 
     value None: engines.defaultModelName() (MedSAM when cached, else the
-    weight-free engine; the note says so, for stderr once the inputs are read,
-    so that an input error stays the only line). A path to an existing file is a
-    custom checkpoint. A registry name must exist and, for downloadable
-    weights, be in the cache. Raises InputError (unknown name, missing file) or DownloadError (not cached).
+    weight-free engine; the note says so, for announceModel after success, so
+    that an input error stays the only stderr line). A path to an existing file
+    is a custom checkpoint. A registry name must exist and, for downloadable
+    weights, be in the cache. Raises InputError (unknown name, missing file) or
+    DownloadError (weights not downloaded).
     """
     from . import registry
 
@@ -62,7 +63,7 @@ def resolveModel(value):
         return "custom", os.path.abspath(value), None
     if os.sep in value or value.lower().endswith((".pth", ".pt", ".ckpt", ".bin")):
         raise InputError(f"checkpoint file {value} not found: check the path, or give a model name "
-                              f"({', '.join(registry.modelNames())}).")
+                         f"({', '.join(registry.modelNames())}).")
     try:
         spec = registry.getModelSpec(value)
     except InputError as error:
@@ -71,16 +72,14 @@ def resolveModel(value):
         raise InputError(f"--model {value} needs a checkpoint: give its path as --model PATH.")
     if spec.kind == "download" and not _isCached(spec):
         raise DownloadError(f"the weights of {spec.modelId} are not downloaded: run `medsam-slicer download "
-                              f"{spec.modelId}` first, or use --model growcut (weight-free).")
+                            f"{spec.modelId}` first, or use --model growcut (weight-free).")
     return spec.modelId, None, None
 
 
 def _defaultModelName() -> str:
-    """engines.defaultModelName(), or the weight-free engine when no engine module is installed."""
-    try:
-        from .engines import defaultModelName
-    except ImportError:
-        return WEIGHT_FREE_MODEL
+    """engines.defaultModelName(): "medsam" when its weights are cached, else "growcut"."""
+    from .engines import defaultModelName
+
     return defaultModelName()
 
 
