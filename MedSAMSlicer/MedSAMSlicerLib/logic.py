@@ -55,7 +55,6 @@ class MedSAMLogic(ObservationMixin):
         self.engine = None
         self.service = None
         self._cache = None
-        self._services = {}
         self.segmentationNode = None
         self.segmentId = None
         self.segmentEditorNode = None
@@ -112,16 +111,23 @@ class MedSAMLogic(ObservationMixin):
         return self.engine
 
     def setEngine(self, engine):
-        """Use ``engine`` (an Engine). Each engine keeps one EmbeddingService (and its cache entries) for the session."""
+        """Use ``engine`` (an Engine) from now on.
+
+        The previous engine's prefetch worker is stopped and the engine let go
+        (its weights leave GPU memory once nothing else holds them). The
+        embedding cache is shared by all engines: its keys hold the model id,
+        so switching back to a model finds the slices it already encoded.
+        """
         from .cache import EmbeddingCache
         from .embeddings import EmbeddingService
 
+        if engine is self.engine:
+            return
         if self._cache is None:
             self._cache = EmbeddingCache()
-        key = id(engine)
-        if key not in self._services:
-            self._services[key] = (engine, EmbeddingService(engine, cache=self._cache))
-        self.engine, self.service = engine, self._services[key][1]
+        if self.service is not None:
+            self.service.close(timeout=1.0)
+        self.engine, self.service = engine, EmbeddingService(engine, cache=self._cache)
         self.status.emit(f"Model: {getattr(engine, 'displayName', engine.modelId)}")
 
     def setSegmentation(self, segmentationNode=None, segmentId=None):
@@ -389,8 +395,8 @@ class MedSAMLogic(ObservationMixin):
         if self.writer is not None:
             self.writer.close()
             self.writer = None
-        for _, service in self._services.values():
-            service.close(timeout=1.0)
+        if self.service is not None:
+            self.service.close(timeout=1.0)
 
     # ------------------------------------------------------------------ internals
 

@@ -72,8 +72,7 @@ class ObservationMixin:
             self.status.emit(str(error))
             return
         if self.service is not None:
-            for _, service in self._services.values():
-                service.invalidate(old)
+            self.service.invalidate(old)  # the cache is shared by all engines: this drops every model's slices
         self._clearPreview()
         self.status.emit("The volume changed: its cached slices were dropped.")
 
