@@ -68,7 +68,10 @@ class PropagationSettings:
     those objects (all three axes, excluding the last two slices of each end)
     the IoU is >= 0.52 in 95% and >= 0.28 in 99% of pairs, the area ratio
     <= 1.59 in 95% and <= 2.61 in 99%: hence minIouWithPrevious 0.3 and
-    maxAreaRatio 3.0, which keep about 99% of true transitions.
+    maxAreaRatio 3.0, which keep about 99% of true transitions. marginMm 5:
+    the true bounding box grows by <= 0.8 mm per side in half and <= 6 mm in
+    90% of those pairs; real-data Dice is 0.49 at 3 and 5 mm, 0.51 at 8 mm,
+    while 12 mm breaks coronal phantoms (the box reaches the image edge).
     """
 
     marginMm: float = 5.0
