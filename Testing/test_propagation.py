@@ -13,7 +13,7 @@ from MedSAMSlicerLib.postprocess import fillHoles, keepLargestComponent
 from MedSAMSlicerLib.progress import CancelToken
 from MedSAMSlicerLib.propagation import (PropagationResult, PropagationSettings, correctSlice, fillBetweenKeySlices,
                                          propagate, propagateBox3d)
-from MedSAMSlicerLib.simulateduser import boxFromMask, dice, truthBox3d
+from MedSAMSlicerLib.simulateduser import dice, truthBox3d
 
 ANISOTROPIC = (1.0, 1.0, 2.5)
 ARRAY_AXIS = {2: 0, 1: 1, 0: 2}

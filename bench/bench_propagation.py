@@ -75,12 +75,15 @@ class KeepBoxWhenEmpty:
 
     @property
     def device(self):
+        """The wrapped engine's device."""
         return getattr(self.engine, "device", "cpu")
 
     def encode(self, images, progress=None):
+        """The wrapped engine's encode."""
         return self.engine.encode(images, progress)
 
     def decode(self, embedding, prompts):
+        """The wrapped engine's decode; an empty mask becomes the prompt box."""
         result = self.engine.decode(embedding, prompts)
         if not result.mask.any() and prompts.boxXyxy is not None:
             x0, y0, x1, y1 = (int(round(v)) for v in prompts.boxXyxy)
@@ -90,6 +93,7 @@ class KeepBoxWhenEmpty:
         return result
 
     def decodeMany(self, embedding, promptsList):
+        """decode for each prompt."""
         return [self.decode(embedding, prompts) for prompts in promptsList]
 
 
@@ -125,6 +129,7 @@ def run(engineName: str, slices: int, device: str = "auto", size: int = 128, bat
 
 
 def main(argv=None):
+    """Command line: run the benchmark and print the split."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--engine", default="growcut", choices=["growcut", "vit_b"])
     parser.add_argument("--slices", type=int, default=100)

@@ -175,6 +175,7 @@ DATASETS = {
 
 
 def main(argv=None):
+    """Command line: evaluate the datasets, print the table, optionally write JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--engine", default="growcut", help="growcut, or a model name / checkpoint for engines.createEngine")
     parser.add_argument("--checkpoint", default=None)

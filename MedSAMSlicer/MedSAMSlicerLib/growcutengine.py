@@ -272,6 +272,7 @@ class GrowCutEngine(Engine):
         small = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor).mean(axis=(1, 3))
 
         def toSmall(values):
+            """Full-size pixel coordinates -> downsampled pixel coordinates (pixel centres kept)."""
             return (np.asarray(values, dtype=np.float64) + 0.5) / factor - 0.5
 
         prior = prompts.previousLowResLogits

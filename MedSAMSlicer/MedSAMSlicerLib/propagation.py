@@ -18,7 +18,6 @@ so an early stop wastes at most that many encodings and a cached slice is never
 re-encoded. No Slicer, no Qt, no torch.
 """
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
