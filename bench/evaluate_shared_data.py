@@ -142,6 +142,23 @@ def evaluate3d(engine, cases, clickBudget=5, jitterMm=0.0):
     return rows
 
 
+def evaluateNative3d(engine, cases):
+    """GrowCut's native 3D segmentation from the structure's 3D bounding box (no propagation, no clicks)."""
+    from MedSAMSlicerLib.simulateduser import dice
+
+    rows = []
+    for caseId, source, truth, _ in cases:
+        start = time.perf_counter()
+        k, j, i = np.nonzero(truth)
+        volume = source.resolvedPolicy.apply(source.voxelsKji)
+        mask = engine.segmentVolume(volume, ((i.min(), j.min(), k.min()), (i.max(), j.max(), k.max())),
+                                    spacingIjk=source.spacingIjk)
+        score = dice(mask, truth)
+        rows.append({"case": caseId, "diceBox": score, "diceFinal": score, "dices": [score], "noc85": 0 if score >= 0.85 else 1,
+                     "noc90": 0 if score >= 0.9 else 1, "seconds": time.perf_counter() - start})
+    return rows
+
+
 def summarize(rows):
     """Mean Dice after the box and at the end, mean NoC@85/90, number of cases."""
     if not rows:
@@ -186,6 +203,8 @@ def main(argv=None):
     parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated: " + ", ".join(DATASETS))
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--json", default=None, help="write every case to this JSON file")
+    parser.add_argument("--native-3d", action="store_true",
+                        help="also segment the 3D sets with GrowCut's native 3D box (segmentVolume; growcut only)")
     args = parser.parse_args(argv)
     engine = createEngine(args.engine, args.device, args.checkpoint)
     folder = Path(args.data)
@@ -201,6 +220,11 @@ def main(argv=None):
         if summary["cases"]:
             print(f"| {name} | {kind} | {summary['cases']} | {summary['diceBox']:.3f} | {summary['diceFinal']:.3f} | "
                   f"{summary['noc85']:.2f} | {summary['noc90']:.2f} | {summary['seconds']:.1f} |", flush=True)
+        if args.native_3d and kind == "3d" and hasattr(engine, "segmentVolume"):
+            native = summarize(evaluateNative3d(engine, loader(folder, args.limit)))
+            results[name + "_native3d"] = {"summary": native}
+            print(f"| {name} (native 3D box) | 3d | {native['cases']} | {native['diceBox']:.3f} | - | - | - | "
+                  f"{native['seconds']:.1f} |", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"engine": args.engine, "clicks": args.clicks, "jitterMm": args.jitter_mm,
                                                "results": results}, indent=1, default=float))
