@@ -13,7 +13,7 @@ from MedSAMSlicerLib.postprocess import fillHoles, keepLargestComponent
 from MedSAMSlicerLib.progress import CancelToken
 from MedSAMSlicerLib.propagation import (PropagationResult, PropagationSettings, correctSlice, fillBetweenKeySlices,
                                          propagate, propagateBox3d)
-from MedSAMSlicerLib.simulateduser import dice, truthBox3d
+from MedSAMSlicerLib.simulateduser import boxFromMask, dice, truthBox3d
 
 ANISOTROPIC = (1.0, 1.0, 2.5)
 ARRAY_AXIS = {2: 0, 1: 1, 0: 2}
@@ -147,6 +147,10 @@ def test_fill_between_key_slices_fills_the_gap_and_keeps_the_keys():
     assert (union | volume).sum() == union.sum()
     with pytest.raises(InputError):
         fillBetweenKeySlices(GrowCutEngine(), source, 2, {6: keys[6]})
+    # Key slices given as boxes are segmented first, then filled between.
+    boxes = {k: boxFromMask(mask) for k, mask in keys.items()}
+    fromBoxes = fillBetweenKeySlices(GrowCutEngine(), source, 2, boxes).toVolumeMask(source)
+    assert dice(fromBoxes[6:23], truth[6:23]) >= 0.9 and not fromBoxes[23:].any()
 
 
 def test_local_correction_repropagates_only_the_changed_slices_and_encodes_nothing():

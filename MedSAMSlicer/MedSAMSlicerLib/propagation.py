@@ -307,8 +307,9 @@ def fillBetweenKeySlices(service, source, axis: int, keyMasks: Dict[int, np.ndar
                          merge: str = "score") -> PropagationResult:
     """Fill the slices between consecutive key slices by propagating from both ends.
 
-    keyMasks: {slice index: bool (H, W) slice image mask} (at least two, non-empty);
-    they are kept as given. Between keys a and b, propagation runs up from a and
+    keyMasks: {slice index: bool (H, W) slice image mask, or a boxXyxy, or
+    Prompts} (at least two); masks are kept as given, boxes and prompts are
+    decoded first (InputError if a key gives an empty mask). Between keys a and b, propagation runs up from a and
     down from b, never leaving (a, b). Where both reach a slice, merge="score"
     keeps the mask with the higher engine score (ties: the nearer key), "union"
     takes their union. Slices outside [first key, last key] are not touched.
@@ -323,7 +324,7 @@ def fillBetweenKeySlices(service, source, axis: int, keyMasks: Dict[int, np.ndar
     keys = sorted(int(k) for k in keyMasks)
     result = PropagationResult(axis=axis, sliceRange=(keys[0], keys[-1]))
     for k in keys:
-        result.masks[k], result.scores[k] = np.asarray(keyMasks[k], bool), 1.0
+        result.masks[k], result.scores[k] = _keyMask(service, source, axis, k, keyMasks[k], result)
     for index, (a, b) in enumerate(zip(keys[:-1], keys[1:])):
         if b - a < 2:
             continue
@@ -337,6 +338,22 @@ def fillBetweenKeySlices(service, source, axis: int, keyMasks: Dict[int, np.ndar
         result.stopReasons = {"up": up.stopReasons["up"], "down": down.stopReasons["down"]}
         reportProgress(progress, (index + 1) / (len(keys) - 1), f"Filled slices {a}..{b}")
     return result
+
+
+def _keyMask(service, source, axis, k, key, result):
+    """(mask, score) of a key slice given as a bool mask, a boxXyxy or Prompts (decoded here)."""
+    if isinstance(key, Prompts) or (np.ndim(key) == 1 and np.size(key) == 4):
+        prompts = key if isinstance(key, Prompts) else Prompts(boxXyxy=tuple(float(v) for v in key))
+        embedding = service.embedding(source, axis, k)
+        start = time.perf_counter()
+        decoded = _decode(service, embedding, prompts)
+        result.timings["decode"] += time.perf_counter() - start
+        mask, score = decoded.mask, float(decoded.score)
+    else:
+        mask, score = np.asarray(key, bool), 1.0
+    if mask.shape != tuple(source.imageShape(axis)) or not mask.any():
+        raise InputError(f"Key slice {k} has an empty or mis-sized mask: segment the object on that slice first.")
+    return mask, score
 
 
 def _mergeSlice(result, k, up, down, preferUp, merge):
