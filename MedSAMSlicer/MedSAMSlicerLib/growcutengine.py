@@ -7,8 +7,13 @@ prompts:
 
 - box: the pixels just outside the box (a ring ``ringPixels`` wide) are
   background seeds; a central ellipse of the box (semi-axes ``coreFraction``
-  of the box's half sizes) is the foreground seed; the mask is restricted to
-  the box.
+  of the box's half sizes), less its pixels whose intensity is more than 3
+  robust standard deviations from the median of its inner half, is the foreground
+  seed; the mask is restricted to the box. coreFraction 0.65 was chosen on
+  the shared data: mean box-only Dice 0.77 / 0.83 / 0.83 on the 30 sammed2d CT
+  organs and 0.68 / 0.88 / 0.92 on 15 hc18 heads for 0.3 / 0.65 / 0.75;
+  0.65 rather than 0.75 because a larger core more often covers background
+  next to non-convex objects.
 - points: a positive point seeds a foreground disc, a negative point a
   background disc (radius ``pointRadiusPixels``). When positive points are
   given and the box core's intensity is unlike all of theirs but like the
@@ -30,9 +35,9 @@ Score (DecodeResult.score), in [0, 1], the lower of two confidences:
   covers)``. A mask that leaked out to the box edge on every side scores near
   0; a tight box around a convex object about 0.8-0.95 (the object touches the
   box at a few places). Without a box the image border plays the box's role.
-- edge evidence: the boundary contrast-to-noise ratio (boundaryContrast), CNR
-  1 (a boundary through noise, as on a slice past the object's end) -> 0,
-  CNR >= 3 -> 1. Phantom edges measure 4.6-4.8, noise-only masks 0.8-1.7.
+- edge evidence: the boundary contrast-to-noise ratio (boundaryContrast),
+  mapped linearly from CNR 1.2 -> 0 to CNR >= 3.2 -> 1. Phantom edges measure
+  4.6-4.8; masks drawn through noise (a slice past the object's end) 0.8-1.7.
 Propagation's ``minScore`` stop rule uses it. An empty mask scores 0.
 
 Frames: prompts and masks are in slice image pixels (x = column, y = row).
@@ -201,14 +206,15 @@ class GrowCutEngine(Engine):
     (0 = intensity only, as Slicer's default). priorErosionPixels: erosion of a
     previous mask used as seed; priorDepthFraction: of that mask, only pixels
     at least this fraction of its largest inner distance from its edge seed
-    (its deep interior: the object may shrink or shift). maxWorkPixels: a box (or, without a box, an
-    image) larger than this is segmented on a block-averaged image, for speed.
+    (its deep interior: the object may shrink or shift). maxWorkPixels: a box
+    (or, without a box, an image) larger than this is segmented on a
+    block-averaged image, for speed.
     """
 
     modelId = "growcut"
     displayName = "GrowCut (weight-free)"
 
-    def __init__(self, coreFraction: float = 0.3, ringPixels: int = 3, pointRadiusPixels: int = 1,
+    def __init__(self, coreFraction: float = 0.65, ringPixels: int = 3, pointRadiusPixels: int = 1,
                  smoothingSigma: float = 1.0, distancePenalty: float = 0.0, priorErosionPixels: int = 2,
                  maxWorkPixels: int = 384 * 384, priorDepthFraction: float = 0.5):
         self.coreFraction = float(coreFraction)
@@ -286,6 +292,19 @@ class GrowCutEngine(Engine):
         mask = np.repeat(np.repeat(smallResult.mask, factor, axis=0), factor, axis=1)[:height, :width]
         mask &= self._promptRegion(prompts, (height, width))
         return DecodeResult(mask=mask, score=smallResult.score, lowResLogits=self._logits(mask, image))
+
+    def priorFromMask(self, embedding: SliceEmbedding, mask: np.ndarray) -> np.ndarray:
+        """The lowResLogits this engine would have returned for `mask` on this slice.
+
+        Propagation calls it for a seed mask that did not come from a decode
+        (a user's painted or imported mask), so that the next slice is seeded
+        from the mask's interior instead of the box centre.
+        """
+        image = np.asarray(embedding.features, dtype=np.float32)
+        mask = np.asarray(mask, bool)
+        if mask.shape != image.shape:
+            raise PromptError(f"Mask shape {mask.shape} does not match the slice {image.shape}.")
+        return self._logits(mask, image)
 
     @staticmethod
     def _logits(mask: np.ndarray, image: np.ndarray) -> np.ndarray:
@@ -382,7 +401,11 @@ class GrowCutEngine(Engine):
         centre = ((rows.min() + rows.max()) / 2.0, (cols.min() + cols.max()) / 2.0)
         semiAxes = ((rows.max() - rows.min()) / 2.0 * self.coreFraction,
                     (cols.max() - cols.min()) / 2.0 * self.coreFraction)
-        return _ellipseMask(region.shape, centre, semiAxes) & region
+        core = _ellipseMask(region.shape, centre, semiAxes) & region
+        # A large core may overlap the background next to the object: keep the pixels that look
+        # like its inner half (the part most likely on the object).
+        inner = _ellipseMask(region.shape, centre, [0.5 * a for a in semiAxes]) & region
+        return self._lookAlike(image, core, image[inner])
 
     def _growInCrop(self, image: np.ndarray, seeds: np.ndarray, region: np.ndarray) -> np.ndarray:
         """Run GrowCut on the seeds' bounding box (+1 pixel padding), as 3 identical slices."""

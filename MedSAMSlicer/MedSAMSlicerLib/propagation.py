@@ -60,17 +60,18 @@ class PropagationSettings:
     coronal, sagittal) minScore 0.3 stops every direction within 2 slices of
     the true end (Dice 0.94-1.0), while lower thresholds let some masks run on
     through noise past the end (a 5 mm tube in coronal slices: Dice 0.80 at
-    an equivalent CNR of 1.6); on the TotalSegmentator CT/MR organs and
+    minScore 0.2, 0.38 at 0.1); on the TotalSegmentator CT/MR organs and
     pyradiomics lesions (3D box protocol, bench/evaluate_shared_data.py) mean
-    Dice is 0.49 at minScore 0.3 and 0.53 at 0.2 (real
+    Dice is 0.50 at minScore 0.3 and 0.53 at 0.2 (real
     organ boundaries have less contrast). Between true neighbouring slices of
     those objects (all three axes, excluding the last two slices of each end)
     the IoU is >= 0.52 in 95% and >= 0.28 in 99% of pairs, the area ratio
     <= 1.59 in 95% and <= 2.61 in 99%: hence minIouWithPrevious 0.3 and
     maxAreaRatio 3.0, which keep about 99% of true transitions. marginMm 5:
     the true bounding box grows by <= 0.8 mm per side in half and <= 6 mm in
-    90% of those pairs; real-data Dice is 0.49 at 3 and 5 mm, 0.51 at 8 mm,
-    while 12 mm breaks coronal phantoms (the box reaches the image edge).
+    90% of those pairs; real-data Dice is 0.50 at 3 and 5 mm, 0.51 at 8 mm,
+    0.52 at 12 mm, but 12 mm breaks coronal phantoms (the box reaches the
+    image edge, where GrowCut has no background ring).
     """
 
     marginMm: float = 5.0
@@ -209,6 +210,14 @@ class _Walker:
         return decoded, _stopReason(decoded.mask, decoded.score, previousMask, self.settings)
 
 
+def _priorFromMask(service, source, axis, k, mask):
+    """Seed logits for a mask that came from no decode, when the engine offers priorFromMask (GrowCut); else None."""
+    hook = getattr(getattr(service, "engine", None), "priorFromMask", None)
+    if hook is None:
+        return None
+    return hook(service.embedding(source, axis, k), mask)
+
+
 def _checkedRange(source, axis, sliceRange) -> Tuple[int, int]:
     count = source.sliceCount(axis)
     if sliceRange is None:
@@ -252,7 +261,10 @@ def propagate(service, source, axis: int, seedSliceIndex: int, seedMaskImage, se
     mask on slice seedSliceIndex (kept as is). sliceRange: (k0, k1) inclusive
     native slice indices propagation may not leave (None = whole volume).
     clipXyxy: optional box every prompt box is clipped to (a 3D ROI's in-plane
-    box). progress(fraction, text), cancel: CancelToken (CancelledError).
+    box). seedScore, seedLowResLogits: the seed decode's score and logits;
+    without logits (a painted or imported seed mask) an engine that offers
+    ``priorFromMask(embedding, mask)`` (GrowCut) makes them from the mask.
+    progress(fraction, text), cancel: CancelToken (CancelledError).
     Raises InputError for an empty seed mask or a seed outside the range.
     """
     settings = settings or PropagationSettings()
@@ -267,6 +279,8 @@ def propagate(service, source, axis: int, seedSliceIndex: int, seedMaskImage, se
         raise InputError(f"Seed slice {seedSliceIndex} lies outside the slice range {k0}..{k1}.")
     result = PropagationResult(axis=axis, sliceRange=(k0, k1), clipXyxy=clipXyxy)
     result.masks[seedSliceIndex], result.scores[seedSliceIndex] = seedMask, float(seedScore)
+    if seedLowResLogits is None and settings.useLowResMask:
+        seedLowResLogits = _priorFromMask(service, source, axis, seedSliceIndex, seedMask)
     walker = _Walker(service, source, axis, settings, result, clipXyxy, cancel)
     result.stopReasons["up"] = _walk(walker, seedSliceIndex, seedMask, seedLowResLogits, +1, k1, progress, 0.0)
     result.stopReasons["down"] = _walk(walker, seedSliceIndex, seedMask, seedLowResLogits, -1, k0, progress, 0.5)
