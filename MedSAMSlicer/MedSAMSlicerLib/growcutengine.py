@@ -18,7 +18,8 @@ prompts:
   background disc (radius ``pointRadiusPixels``). When positive points are
   given and the box core's intensity is unlike all of theirs but like the
   background ring's (the box centre missed the object), the core is not used
-  as a seed.
+  as a seed. Around a negative point (a quarter of the box's smaller side),
+  the core and prior seeds are dropped, so the click takes that area back.
 - previousLowResLogits (passed by propagation from the neighbouring slice):
   for this engine it is the full-resolution map it returned as
   ``lowResLogits``: -1 outside the mask, 1 + the smoothed intensity inside.
@@ -61,6 +62,8 @@ CONTRAST_NOISE_LEVEL = 1.2
 CONTRAST_SPAN = 2.0
 #: Smallest intensity tolerance (in [0, 1] units) when matching a previous slice's object appearance.
 PRIOR_MIN_TOLERANCE = 0.05
+#: Smallest radius (pixels) around a negative point cleared of implicit foreground seeds.
+NEGATIVE_CLEAR_MIN_PIXELS = 2.0
 #: Smallest intensity difference (in [0, 1] units) at which a box core counts as unlike the positive clicks.
 CORE_POINT_TOLERANCE = 0.05
 
@@ -340,7 +343,7 @@ class GrowCutEngine(Engine):
             seeds[ring] = SEED_BACKGROUND
             core = self._foregroundCore(image, prompts, region)
             if self._agreesWithPositivePoints(image, core, ring, prompts):
-                seeds[core] = SEED_FOREGROUND
+                seeds[core & ~self._nearNegativePoints(prompts, region)] = SEED_FOREGROUND
         else:
             seeds[0, :] = seeds[-1, :] = seeds[:, 0] = seeds[:, -1] = SEED_BACKGROUND
         yy, xx = np.ogrid[:shape[0], :shape[1]]
@@ -361,6 +364,24 @@ class GrowCutEngine(Engine):
         median = np.median(previousValues)
         spread = 1.4826 * np.median(np.abs(previousValues - median))
         return seeds & (np.abs(image - median) <= max(3.0 * spread, PRIOR_MIN_TOLERANCE))
+
+    @staticmethod
+    def _nearNegativePoints(prompts: Prompts, region: np.ndarray) -> np.ndarray:
+        """Pixels within a quarter of the box's smaller side of a negative point.
+
+        Implicit foreground seeds (box core, previous mask) there are dropped,
+        so that a negative click inside them can take its surroundings back.
+        """
+        near = np.zeros(region.shape, bool)
+        negative = prompts.pointsXy[prompts.pointLabels != 1]
+        if len(negative) == 0:
+            return near
+        rows, cols = np.nonzero(region)
+        radius = max(NEGATIVE_CLEAR_MIN_PIXELS, 0.25 * min(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1))
+        yy, xx = np.ogrid[:region.shape[0], :region.shape[1]]
+        for x, y in negative:
+            near |= (xx - x) ** 2 + (yy - y) ** 2 <= radius ** 2
+        return near
 
     @staticmethod
     def _agreesWithPositivePoints(image: np.ndarray, core: np.ndarray, ring: np.ndarray, prompts: Prompts) -> bool:

@@ -387,7 +387,9 @@ def correctSlice(service, source, axis: int, previousResult: PropagationResult, 
     """Fix one slice of a 3D result with points, then re-propagate outwards only as far as the result changes.
 
     prompts: the user's points on slice sliceIndex (image pixels); without a
-    box, the current mask's box on that slice (enlarged by marginMm) is added.
+    box, the current mask's box on that slice (enlarged by marginMm) is added;
+    engines with ``priorFromMask`` (GrowCut) also get the current mask as
+    previousLowResLogits, so the clicks correct it rather than start over.
     Each re-propagated slice is prompted with the box of the new neighbouring
     mask joined with its old mask (the old result bounds where the object is).
     Each direction stops at the first slice whose new mask has IoU >
@@ -409,6 +411,11 @@ def correctSlice(service, source, axis: int, previousResult: PropagationResult, 
         prompts = Prompts(boxXyxy=enlargedBox(oldMask, marginPixels, result.clipXyxy), pointsXy=prompts.pointsXy,
                           pointLabels=prompts.pointLabels)
     embedding = service.embedding(source, axis, sliceIndex)
+    if prompts.previousLowResLogits is None and oldMask is not None and oldMask.any() and settings.useLowResMask:
+        # The current mask is what the clicks correct: engines that can (GrowCut) start from it.
+        prior = _priorFromMask(service, source, axis, sliceIndex, oldMask)
+        prompts = Prompts(boxXyxy=prompts.boxXyxy, pointsXy=prompts.pointsXy, pointLabels=prompts.pointLabels,
+                          previousLowResLogits=prior)
     start = time.perf_counter()
     decoded = _decode(service, embedding, prompts)
     result.timings["decode"] += time.perf_counter() - start
