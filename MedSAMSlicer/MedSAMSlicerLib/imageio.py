@@ -370,13 +370,7 @@ def writeSegmentation(segmentationNode, path, referenceVolume=None) -> str:
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolume)
     storage = slicer.vtkMRMLSegmentationStorageNode()
     storage.SetCropToMinimumExtent(False)
-    with atomicOutput(path) as temporaryPath:
-        storage.SetFileName(temporaryPath)
-        with quietNativeStderr():
-            written = storage.WriteData(segmentationNode)
-        if not written:
-            raise InputError(f"writing {os.path.basename(path)} failed: check the folder is writable and has space.")
-    return os.path.abspath(path)
+    return _writeWithStorageNode(storage, segmentationNode, path)
 
 
 def writeLabelmap(maskOrSegmentation, referenceVolume, path, segmentIds=None) -> str:
@@ -454,10 +448,15 @@ def writeVolume(volumeNode, path) -> str:
         raise InputError(f"{path}: write volumes as *.nrrd, *.nii.gz or *.mha.")
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
     storage.SetUseCompression(True)
+    return _writeWithStorageNode(storage, volumeNode, path)
+
+
+def _writeWithStorageNode(storage, node, path) -> str:
+    """Write ``node`` with a Slicer storage node to a temporary name beside ``path``, then rename; absolute path."""
     with atomicOutput(path) as temporaryPath:
         storage.SetFileName(temporaryPath)
         with quietNativeStderr():
-            written = storage.WriteData(volumeNode)
+            written = storage.WriteData(node)
         if not written:
             raise InputError(f"writing {os.path.basename(path)} failed: check the folder is writable and has space.")
     return os.path.abspath(path)
