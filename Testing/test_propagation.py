@@ -107,9 +107,11 @@ def test_stop_rules_max_slices_and_range():
     voxels, truth, spacing = ellipsoidPhantom((24, 48, 48), seed=6)
     source = _source(voxels, spacing)
     k, seedMask = _seed(source, truth, 2)
-    limited = propagate(GrowCutEngine(), source, 2, k, seedMask, PropagationSettings(maxSlices=3))
+    engine = CountingEngine()
+    limited = propagate(engine, source, 2, k, seedMask, PropagationSettings(maxSlices=3))
     assert sorted(limited.masks) == list(range(k - 3, k + 4))
     assert limited.stopReasons == {"up": "maxSlices", "down": "maxSlices"}
+    assert engine.encoded == 7  # the seed slice and 3 on each side: nothing fetched past the limit
     ranged = propagate(GrowCutEngine(), source, 2, k, seedMask, sliceRange=(k - 2, k + 1))
     assert sorted(ranged.masks) == list(range(k - 2, k + 2))
     strict = propagate(GrowCutEngine(), source, 2, k, seedMask, PropagationSettings(minScore=1.01))

@@ -235,12 +235,14 @@ def _walk(walker: _Walker, seedIndex, seedMask, seedLogits, direction, last, pro
     previousMask, previousLogits = seedMask, seedLogits
     k, added = seedIndex + direction, 0
     total = max(abs(last - seedIndex), 1)
+    # Never fetch embeddings past the user's slice limit.
+    fetchLast = last if settings.maxSlices is None else seedIndex + direction * min(abs(last - seedIndex), settings.maxSlices)
     while (last - k) * direction >= 0:
         if walker.cancel is not None:
             walker.cancel.raiseIfCancelled()
         if settings.maxSlices is not None and added >= settings.maxSlices:
             return STOP_MAX_SLICES
-        decoded, reason = walker.step(k, direction, last, previousMask, previousLogits)
+        decoded, reason = walker.step(k, direction, fetchLast, previousMask, previousLogits)
         if reason is not None:
             return reason
         result.masks[k], result.scores[k] = decoded.mask, float(decoded.score)
