@@ -153,6 +153,7 @@ def main(argv=None):
         print(f"  ({figures['emptyMasksReplaced']} empty masks replaced by their prompt box to keep going)")
     print(f"  beyond encoding: {100 * figures['beyondEncodingFraction']:.2f}% of the total")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(figures, indent=1))
     return figures
 

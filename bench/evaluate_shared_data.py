@@ -226,6 +226,7 @@ def main(argv=None):
             print(f"| {name} (native 3D box) | 3d | {native['cases']} | {native['diceBox']:.3f} | - | - | - | "
                   f"{native['seconds']:.1f} |", flush=True)
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"engine": args.engine, "clicks": args.clicks, "jitterMm": args.jitter_mm,
                                                "results": results}, indent=1, default=float))
     return results
