@@ -96,10 +96,10 @@ def test_box3d_segments_within_the_box_slices_only():
     result = propagateBox3d(EmbeddingService(engine), source, 2, box, (k0, k1))
     assert min(result.masks) == k0 and max(result.masks) == k1
     assert result.stopReasons == {"up": "rangeEnd", "down": "rangeEnd"}
+    assert engine.encoded == k1 - k0 + 1  # on a CPU one slice at a time: nothing outside the box's slices
     volume = result.toVolumeMask(source)
     assert not volume[:k0].any() and not volume[k1 + 1:].any()
     assert dice(volume[k0:k1 + 1], truth[k0:k1 + 1]) >= 0.9
-    assert engine.encoded <= (k1 - k0 + 1) + 2 * PropagationSettings().lookaheadSlices
     assert result.timings["decode"] > 0
 
 
@@ -201,3 +201,37 @@ def test_keep_largest_component_and_fill_holes():
     keepLargestComponent(mask)
     np.testing.assert_array_equal(mask, original)
     assert not keepLargestComponent(np.zeros((3, 3, 3), bool)).any()
+
+
+class GpuReportingEngine(CountingEngine):
+    """The counting GrowCut engine reporting a GPU device, so propagation takes its encode-ahead path on any machine."""
+
+    device = "cuda"
+
+    def __init__(self):
+        super().__init__()
+        self.encodedSlices = []
+
+    def encode(self, images, progress=None):
+        self.encodedSlices.append(len(images))
+        return super().encode(images, progress)
+
+
+def test_on_a_gpu_the_next_batch_is_encoded_ahead_and_no_slice_twice():
+    from MedSAMSlicerLib.propagation import GPU_LOOKAHEAD_SLICES
+
+    voxels, truth, spacing = ellipsoidPhantom((40, 48, 48), spacingIjk=ANISOTROPIC, seed=5)
+    source = _source(voxels, spacing)
+    seed, seedMask = _seed(source, truth, 2)
+    engine = GpuReportingEngine()
+    service = EmbeddingService(engine)
+    result = propagate(service, source, 2, seed, seedMask)
+    service.close(timeout=5.0)
+    first, last = _truthRange(truth, 2)
+    assert dice(result.toVolumeMask(source), truth) >= 0.9
+    # each encoded slice is its own cache entry (none encoded twice); the walked slices plus at most
+    # two batches ahead per direction
+    assert service.cache.stats()["entries"] == engine.encoded
+    assert engine.encoded <= len(result.masks) + 2 + 2 * 2 * GPU_LOOKAHEAD_SLICES
+    assert engine.encoded >= (last - first + 1) - 4
+    assert max(engine.encodedSlices) > 1  # batches, not one slice per encoder call
