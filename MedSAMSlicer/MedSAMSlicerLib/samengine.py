@@ -83,7 +83,7 @@ class SamEngine(Engine):
     file's SHA-256>", so two checkpoints never share cache entries. batchSize:
     slices per encoder pass (default: from free GPU memory; 1 on CPU).
     fastDecoding: decode through fastdecoder.FastMaskDecoder (same model and
-    weights, exact up to float rounding, ~3x faster on a CPU) and swap the
+    weights, exact up to float rounding, 2-3x faster on a CPU) and swap the
     model's kernel-2 transposed convolutions and LayerNorm2d for their
     faster equivalents; False keeps segment-anything's modules as they are.
     Raises CheckpointError (bad file), InputError (bad recipe/device).
