@@ -15,6 +15,7 @@ Frames: images, prompts and masks are in slice pixels (x = column, y = row).
 torch and segment_anything are imported at first use; never imports slicer.
 """
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -82,10 +83,14 @@ class SamEngine(Engine):
     identity; default "<modelName or recipe_architecture>:<first 12 hex of the
     file's SHA-256>", so two checkpoints never share cache entries. batchSize:
     slices per encoder pass (default: from free GPU memory; 1 on CPU).
-    fastDecoding: decode through fastdecoder.FastMaskDecoder (same model and
-    weights, exact up to float rounding, 2-3x faster on a CPU) and swap the
-    model's kernel-2 transposed convolutions and LayerNorm2d for their
-    faster equivalents; False keeps segment-anything's modules as they are.
+    fastDecoding: on a CPU, decode through fastdecoder.FastMaskDecoder (same
+    model and weights, exact up to float rounding, 2-3x faster on a CPU) and
+    swap the model's kernel-2 transposed convolutions and LayerNorm2d for
+    their faster equivalents; False keeps segment-anything's modules as they
+    are. On a GPU the stock decoder is used: its few large kernels beat the
+    fast path's many small ones there (6.3 vs 14.4 ms per click on an H100,
+    docs/benchmarks.md); after an out-of-memory fallback to the CPU the fast
+    decoder is switched on.
     Raises CheckpointError (bad file), InputError (bad recipe/device).
     """
 
@@ -117,8 +122,10 @@ class SamEngine(Engine):
         self.mixedPrecision = mixedPrecision
         self._batchCap: Optional[int] = None  # lowered after an out-of-memory error
         self._fallbackLock = threading.Lock()
+        self._streams: dict = {}  # CUDA streams by purpose ("encode", "decode"), made at first use
         self._densePe = None  # cached by _densePositionalEncoding; reset when the model changes device
-        self._fastDecoder = self._makeFastDecoder() if fastDecoding else None
+        self.fastDecoding = fastDecoding
+        self._fastDecoder = self._makeFastDecoder() if fastDecoding and self._device == "cpu" else None
         self.imgSize = int(self.model.image_encoder.img_size)
         self.maskInputSize = tuple(self.model.prompt_encoder.mask_input_size)
         self._torch = torch
@@ -236,28 +243,46 @@ class SamEngine(Engine):
             warnings.warn(self.fallbackMessage, RuntimeWarning, stacklevel=3)
             self.model.to("cpu")
             self._densePe = None
-            if self._fastDecoder is not None:
-                self._fastDecoder.reset()
             self._device = "cpu"
             self._batchCap = None
+            if self._fastDecoder is not None:
+                self._fastDecoder.reset()
+            elif self.fastDecoding:
+                self._fastDecoder = self._makeFastDecoder()
         emptyDeviceCache(previous)
+
+    def _cudaStream(self, purpose: str):
+        """A stream context for "encode" or "decode" work on CUDA; a no-op context elsewhere.
+
+        Encoder batches run on their own stream and decodes on a higher-priority
+        one, so a click or a propagation step never queues behind a batch of
+        encoder kernels that a prefetch worker launched (with one stream, a
+        decode waited for the whole batch: measured in docs/benchmarks.md).
+        """
+        if not self._device.startswith("cuda"):
+            return contextlib.nullcontext()
+        stream = self._streams.get(purpose)
+        if stream is None:
+            stream = self._torch.cuda.Stream(device=self._device, priority=-1 if purpose == "decode" else 0)
+            self._streams[purpose] = stream
+        return self._torch.cuda.stream(stream)
 
     def _encodeBatch(self, images: Sequence[np.ndarray], sizes: Sequence[tuple]) -> list:
         torch = self._torch
-        with torch.no_grad():
+        with torch.no_grad(), self._cudaStream("encode"):
             prepared = [self._modelInput(image) for image in images]
             inputs = torch.stack([tensor for tensor, _ in prepared])
             with autocastContext(self._device, self.mixedPrecision):
                 features = self.model.image_encoder(inputs)
             features = features.to(torch.float16)
-        embeddings = []
-        for index, (size, (_, inputSize)) in enumerate(zip(sizes, prepared)):
             # clone: a view would keep the whole batch's storage alive in the cache
-            feature = features[index].clone()
-            embeddings.append(SliceEmbedding(
-                features=feature, imageSize=tuple(size), nbytes=feature.numel() * feature.element_size(),
-                extra={"recipe": self.recipe, "inputSize": inputSize, "modelId": self.modelId}))
-        return embeddings
+            features = [features[index].clone() for index in range(len(images))]
+            if self._device.startswith("cuda"):
+                # the features are read on the decode stream: finish them before anyone sees them
+                torch.cuda.current_stream().synchronize()
+        return [SliceEmbedding(features=feature, imageSize=tuple(size), nbytes=feature.numel() * feature.element_size(),
+                               extra={"recipe": self.recipe, "inputSize": inputSize, "modelId": self.modelId})
+                for feature, size, (_, inputSize) in zip(features, sizes, prepared)]
 
     def _modelInput(self, image: np.ndarray):
         """(3, S, S) float32 tensor on the device for one image, and the unpadded input size (h, w)."""
@@ -310,7 +335,7 @@ class SamEngine(Engine):
         for index, item in enumerate(prepared):
             groups.setdefault(item.groupKey, []).append(index)
         results: list = [None] * len(prepared)
-        with torch.no_grad():
+        with torch.no_grad(), self._cudaStream("decode"):
             for indices in groups.values():
                 for index, result in zip(indices, self._decodeGroup(embedding, [prepared[i] for i in indices])):
                     results[index] = result
