@@ -90,14 +90,16 @@ class SamEngine(Engine):
     are. On a GPU the stock decoder is used: its few large kernels beat the
     fast path's many small ones there (6.3 vs 14.4 ms per click on an H100,
     docs/benchmarks.md); after an out-of-memory fallback to the CPU the fast
-    decoder is switched on.
+    decoder is switched on. cudaGraphs: on CUDA, decode box prompts by
+    replaying a captured graph of the stock decoder (cudagraphdecoder.py),
+    which removes the per-kernel launch cost that dominates a GPU decode.
     Raises CheckpointError (bad file), InputError (bad recipe/device).
     """
 
     def __init__(self, checkpointPath=None, recipe: str = "medsam", architecture: Optional[str] = None,
                  device: str = "auto", modelId: Optional[str] = None, *, model=None, modelName: Optional[str] = None,
                  batchSize: Optional[int] = None, displayName: Optional[str] = None, mixedPrecision: bool = True,
-                 fastDecoding: bool = True):
+                 fastDecoding: bool = True, cudaGraphs: bool = True):
         from .checkpoints import detectArchitecture, loadSamModel, requireTorch
 
         torch = requireTorch()  # DependencyError with advice when PyTorch is missing
@@ -125,6 +127,9 @@ class SamEngine(Engine):
         self._streams: dict = {}  # CUDA streams by purpose ("encode", "decode"), made at first use
         self._densePe = None  # cached by _densePositionalEncoding; reset when the model changes device
         self.fastDecoding = fastDecoding
+        self.cudaGraphs = cudaGraphs
+        self._graphDecoder = None  # made at the first box decode on CUDA
+        self._deviceWorkLock = threading.Lock()  # encoder batches vs. CUDA graph captures
         self._fastDecoder = self._makeFastDecoder() if fastDecoding and self._device == "cpu" else None
         self.imgSize = int(self.model.image_encoder.img_size)
         self.maskInputSize = tuple(self.model.prompt_encoder.mask_input_size)
@@ -245,6 +250,7 @@ class SamEngine(Engine):
             self._densePe = None
             self._device = "cpu"
             self._batchCap = None
+            self._graphDecoder = None
             if self._fastDecoder is not None:
                 self._fastDecoder.reset()
             elif self.fastDecoding:
@@ -269,7 +275,7 @@ class SamEngine(Engine):
 
     def _encodeBatch(self, images: Sequence[np.ndarray], sizes: Sequence[tuple]) -> list:
         torch = self._torch
-        with torch.no_grad(), self._cudaStream("encode"):
+        with self._deviceWorkLock, torch.no_grad(), self._cudaStream("encode"):
             prepared = [self._modelInput(image) for image in images]
             inputs = torch.stack([tensor for tensor, _ in prepared])
             with autocastContext(self._device, self.mixedPrecision):
@@ -400,6 +406,8 @@ class SamEngine(Engine):
             np.stack([p.maskInput for p in group])[:, None], dtype=torch.float, device=device)
         if self._fastDecoder is not None:
             lowRes, iou = self._fastDecoder.predict(embedding, points, boxes, masks, first.multimask)
+        elif self._useGraphs(points, boxes, first.multimask):
+            lowRes, iou = self._graphDecoderForDevice().predict(embedding.features, boxes, masks)
         else:
             lowRes, iou = self._stockDecode(embedding, points, boxes, masks, first.multimask)
         fullMasks = self._masksFromLowRes(lowRes, embedding).cpu().numpy()
@@ -422,6 +430,20 @@ class SamEngine(Engine):
             rows = torch.arange(len(best), device=lowRes.device)
             lowRes, iou = lowRes[rows, best][:, None], iou[rows, best][:, None]
         return lowRes, iou
+
+    def _useGraphs(self, points, boxes, multimask: bool) -> bool:
+        from .cudagraphdecoder import CudaGraphDecoder
+
+        return self.cudaGraphs and self._device.startswith("cuda") and CudaGraphDecoder.supports(
+            points, boxes, multimask)
+
+    def _graphDecoderForDevice(self):
+        from .cudagraphdecoder import CudaGraphDecoder
+
+        if self._graphDecoder is None:
+            self._graphDecoder = CudaGraphDecoder(self.model, self._densePositionalEncoding(),
+                                                  captureLock=self._deviceWorkLock)
+        return self._graphDecoder
 
     def _densePositionalEncoding(self):
         """The prompt encoder's positional encoding of the embedding grid: constant, so computed once per device."""
