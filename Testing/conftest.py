@@ -33,3 +33,15 @@ def sharedData():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real labelled data not found at {SHARED_DATA} (only present on the project's machines)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def oneTorchThread():
+    """One torch intra-op thread for a test module: on a shared 2-core machine two threads spin
+    against other processes and run 5-10x slower (docs/benchmarks.md)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -11,13 +11,8 @@ from MedSAMSlicerLib.tinymodel import TINY_EMBED_DIM, buildTinySam, writeTinyChe
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def oneTorchThread():
-    """One intra-op thread: on a shared 2-core machine, two threads spin against other processes and run 5-10x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("oneTorchThread")
+
 
 @pytest.fixture(scope="module")
 def tinyFiles(tmp_path_factory):

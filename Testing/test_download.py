@@ -58,8 +58,10 @@ class _Server:
                     server.truncateNext = False
                     body = body[: len(body) // 2]
                     self.close_connection = True
-                self.wfile.write(body)
+                # counted before writing: the client can finish reading (and the test assert)
+                # before this thread runs again after the write
                 server.bytesSent += len(body)
+                self.wfile.write(body)
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/model.pth"

@@ -26,13 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 LOGIT_ATOL, LOGIT_RTOL, BORDERLINE_LOGIT = 1e-4, 1e-5, 1e-3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def oneTorchThread():
-    """One intra-op thread, as in test_samengine.py (shared 2-core machines)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("oneTorchThread")
 
 
 def _vitBDecoderModel(seed=0):

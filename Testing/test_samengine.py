@@ -41,13 +41,8 @@ def assertMaskMatches(mask, referenceLogits, threshold=0.0):
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def oneTorchThread():
-    """One intra-op thread: on a shared 2-core machine, two threads spin against other processes and run 5-10x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("oneTorchThread")
+
 
 @pytest.fixture(scope="module")
 def tinyCheckpoint(tmp_path_factory):
