@@ -18,6 +18,7 @@ import numpy as np
 from .engine import DecodeResult
 from .errors import PromptError
 from .progress import CancelToken, ProgressCallback, reportProgress
+from .segmentwriter import maskBoundingExtent
 
 
 @dataclass
@@ -61,15 +62,6 @@ class SegmentationResult:
     decode: Optional[DecodeResult] = None
     propagation: object = None
     timings: Dict[str, float] = field(default_factory=dict)
-
-
-def boundingExtent(maskKji: np.ndarray):
-    """Inclusive IJK extent (i0, i1, j0, j1, k0, k1) of the True voxels of a KJI mask, or None when empty."""
-    nonzero = [np.flatnonzero(np.any(maskKji, axis=axes)) for axes in ((0, 1), (0, 2), (1, 2))]
-    if any(len(index) == 0 for index in nonzero):
-        return None
-    i, j, k = nonzero
-    return (int(i[0]), int(i[-1]), int(j[0]), int(j[-1]), int(k[0]), int(k[-1]))
 
 
 def _cleanUp(mask: np.ndarray, options: PostprocessOptions, axis: int = 2) -> np.ndarray:
@@ -188,7 +180,7 @@ class PropagationJob(_Job):
         timings["total"] = time.perf_counter() - started
         reportProgress(progress, 1.0, f"Propagated over {len(result.masks)} slice(s)")
         return SegmentationResult("volume", self.axis, sorted(int(k) for k in result.masks), maskKji,
-                                  boundingExtent(maskKji), self.signature, decoded, result, timings)
+                                  maskBoundingExtent(maskKji), self.signature, decoded, result, timings)
 
 
 class CorrectionJob(_Job):
@@ -216,4 +208,4 @@ class CorrectionJob(_Job):
         timings = dict(result.timings)
         timings["total"] = time.perf_counter() - started
         return SegmentationResult("volume", self.axis, sorted(int(k) for k in result.masks), maskKji,
-                                  boundingExtent(maskKji), self.signature, None, result, timings)
+                                  maskBoundingExtent(maskKji), self.signature, None, result, timings)
