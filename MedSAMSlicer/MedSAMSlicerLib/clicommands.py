@@ -17,6 +17,7 @@ import numpy as np
 from .cli import AXES
 from .errors import DownloadError, InputError, PromptError
 from .imageio import checkOutputPath, readImage, writeLabelmap, writeSegmentation
+from .volumegeometry import dimensionsIjk
 
 WEIGHT_FREE_MODEL = "growcut"
 
@@ -120,11 +121,6 @@ def _ijkToRasMatrix(volumeNode) -> np.ndarray:
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
-def _dimensionsIjk(volumeNode):
-    """(I, J, K) voxel counts."""
-    return tuple(volumeNode.GetImageData().GetDimensions())
-
-
 def checkBoxIjk(boxIjk, dimensionsIjk, text="--box"):
     """PromptError when the inclusive voxel box lies entirely outside an image of ``dimensionsIjk``."""
     low, high = boxIjk
@@ -169,7 +165,7 @@ def addBoxRoiRas(scene, volumeNode, boxRas, axis=2):
     low, high = (np.asarray(corner, float) for corner in boxRas)
     corners = np.array([[x, y, z, 1.0] for x in (low[0], high[0]) for y in (low[1], high[1]) for z in (low[2], high[2])])
     cornersIjk = (np.linalg.inv(_ijkToRasMatrix(volumeNode)) @ corners.T).T[:, :3]
-    dims = _dimensionsIjk(volumeNode)
+    dims = dimensionsIjk(volumeNode)
     lowIjk, highIjk = cornersIjk.min(axis=0), cornersIjk.max(axis=0)
     if any(highIjk[a] < -0.5 or lowIjk[a] > dims[a] - 0.5 for a in range(3)):
         raise PromptError("--box-ras is entirely outside the image: give RAS millimetres inside it "
@@ -199,7 +195,7 @@ def addPointNodes(scene, volumeNode, prompts):
 
 def addPromptNodes(scene, volumeNode, prompts, axis):
     """(roiNode, positiveNode, negativeNode) for the parsed command-line prompts; PromptError when off the image."""
-    dims = _dimensionsIjk(volumeNode)
+    dims = dimensionsIjk(volumeNode)
     if dims[axis] == 1 and axis != 2:
         raise PromptError(f"the image is a single slice: segment it along k (leave out --axis {'ijk'[axis]}).")
     roi = None
@@ -240,7 +236,7 @@ def runSegment(args) -> int:
     finally:
         progress.finish()
     maskKji = logic.previewMaskKji
-    maskKji = np.zeros(_dimensionsIjk(volumeNode)[::-1], bool) if maskKji is None else np.asarray(maskKji, bool)
+    maskKji = np.zeros(dimensionsIjk(volumeNode)[::-1], bool) if maskKji is None else np.asarray(maskKji, bool)
     announceModel(model)
     if not maskKji.any():
         info("warning: the result is empty (the model found nothing in the prompt); writing an empty segment.")
@@ -379,7 +375,7 @@ def labelOnImageGrid(labelNode, volumeNode) -> np.ndarray:
     if labelKji.ndim != 3:
         raise InputError("the label image has several components per voxel: give a single-component label map.")
     imageToLabel = np.linalg.inv(_ijkToRasMatrix(labelNode)) @ _ijkToRasMatrix(volumeNode)
-    dims = _dimensionsIjk(volumeNode)
+    dims = dimensionsIjk(volumeNode)
     if labelKji.shape == dims[::-1] and np.allclose(imageToLabel, np.eye(4), atol=1e-3):
         return np.array(labelKji)
     k, j, i = np.meshgrid(*(np.arange(n) for n in dims[::-1]), indexing="ij")

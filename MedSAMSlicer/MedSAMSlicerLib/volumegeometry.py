@@ -127,7 +127,7 @@ def sliceIndexFromRas(volumeNode, axis: int, pointRas) -> int:
     if axis not in (0, 1, 2):
         raise InputError(f"Slice axis must be 0 (I), 1 (J) or 2 (K), got {axis!r}.")
     coordinate = float(rasToIjk(volumeNode, pointRas)[0, axis])
-    count = _dimensionsIjk(volumeNode)[axis]
+    count = dimensionsIjk(volumeNode)[axis]
     if not -0.5 <= coordinate <= count - 0.5:
         raise PromptError(f"The point is outside volume '{volumeNode.GetName()}' along {'IJK'[axis]} "
                           f"(index {coordinate:.1f}, slices 0..{count - 1}): move it onto the volume.")
@@ -139,7 +139,8 @@ def sliceIndexFromSliceNode(volumeNode, axis: int, sliceNode) -> int:
     return sliceIndexFromRas(volumeNode, axis, _matrixToArray(sliceNode.GetSliceToRAS())[:3, 3])
 
 
-def _dimensionsIjk(volumeNode) -> tuple:
+def dimensionsIjk(volumeNode) -> tuple:
+    """(I, J, K) voxel counts of a volume node; InputError when it has no voxels."""
     imageData = volumeNode.GetImageData()
     if imageData is None:
         raise InputError(f"Volume '{volumeNode.GetName()}' has no voxels loaded: load or select another volume.")
@@ -160,7 +161,7 @@ def sliceSourceFromVolume(volumeNode, policy: Optional[IntensityPolicy] = None) 
     2-component or >4-component vector volume, and GeometryError for a
     non-linear parent transform.
     """
-    _dimensionsIjk(volumeNode)
+    dimensionsIjk(volumeNode)
     voxelsKji = slicer.util.arrayFromVolume(volumeNode)  # a view: (K, J, I) or (K, J, I, C)
     if voxelsKji.ndim == 4:
         components = voxelsKji.shape[3]
