@@ -17,7 +17,7 @@ import numpy as np
 from .cli import AXES
 from .errors import DownloadError, InputError, PromptError
 from .imageio import checkOutputPath, readImage, writeLabelmap, writeSegmentation
-from .volumegeometry import dimensionsIjk
+from .volumegeometry import dimensionsIjk, ijkToRas, ijkToWorld, rasToIjk
 
 WEIGHT_FREE_MODEL = "growcut"
 
@@ -112,15 +112,6 @@ def createLogic(scene, volumeNode, model, device):
 # ---------------------------------------------------------------- prompts as markups
 
 
-def _ijkToRasMatrix(volumeNode) -> np.ndarray:
-    """The volume's IJKToRAS as a 4x4 array (the CLI's volumes have no parent transform)."""
-    import vtk
-
-    matrix = vtk.vtkMatrix4x4()
-    volumeNode.GetIJKToRASMatrix(matrix)
-    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
-
-
 def checkBoxIjk(boxIjk, dimensionsIjk, text="--box"):
     """PromptError when the inclusive voxel box lies entirely outside an image of ``dimensionsIjk``."""
     low, high = boxIjk
@@ -145,14 +136,14 @@ def addBoxRoiIjk(scene, volumeNode, boxIjk, axis):
     low, high = (np.asarray(corner, float) for corner in boxIjk)
     low[axis] -= 0.5
     high[axis] += 0.5
-    ijkToRas = _ijkToRasMatrix(volumeNode)
-    spacing = np.linalg.norm(ijkToRas[:3, :3], axis=0)
-    rotation = ijkToRas[:3, :3] / spacing
+    ijkToWorldMatrix = ijkToWorld(volumeNode)
+    spacing = np.linalg.norm(ijkToWorldMatrix[:3, :3], axis=0)
+    rotation = ijkToWorldMatrix[:3, :3] / spacing
     if np.linalg.det(rotation) < 0:
         rotation[:, 2] = -rotation[:, 2]  # same 8 corners, a proper rotation for the ROI's frame
     objectToNode = np.eye(4)
     objectToNode[:3, :3] = rotation
-    objectToNode[:3, 3] = (ijkToRas @ np.append((low + high) / 2.0, 1.0))[:3]
+    objectToNode[:3, 3] = (ijkToWorldMatrix @ np.append((low + high) / 2.0, 1.0))[:3]
     roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
     roi.SetAndObserveObjectToNodeMatrix(slicer.util.vtkMatrixFromArray(objectToNode))
     roi.SetRadiusXYZ(*((high - low) / 2.0 * spacing))
@@ -163,8 +154,8 @@ def addBoxRoiRas(scene, volumeNode, boxRas, axis=2):
     """An ROI node for a RAS box (axis-aligned in RAS); PromptError when it misses the image entirely
     or spans less than 2 voxel centres in an in-plane direction of ``axis``."""
     low, high = (np.asarray(corner, float) for corner in boxRas)
-    corners = np.array([[x, y, z, 1.0] for x in (low[0], high[0]) for y in (low[1], high[1]) for z in (low[2], high[2])])
-    cornersIjk = (np.linalg.inv(_ijkToRasMatrix(volumeNode)) @ corners.T).T[:, :3]
+    cornersRas = [[x, y, z] for x in (low[0], high[0]) for y in (low[1], high[1]) for z in (low[2], high[2])]
+    cornersIjk = rasToIjk(volumeNode, cornersRas)
     dims = dimensionsIjk(volumeNode)
     lowIjk, highIjk = cornersIjk.min(axis=0), cornersIjk.max(axis=0)
     if any(highIjk[a] < -0.5 or lowIjk[a] > dims[a] - 0.5 for a in range(3)):
@@ -182,8 +173,7 @@ def addBoxRoiRas(scene, volumeNode, boxRas, axis=2):
 
 def addPointNodes(scene, volumeNode, prompts):
     """(positiveNode, negativeNode) fiducial nodes with the command line's points in RAS (None when empty)."""
-    ijkToRas = _ijkToRasMatrix(volumeNode)
-    pointsRas = [((ijkToRas @ np.append(np.asarray(p, float), 1.0))[:3], label) for p, label in prompts.pointsIjk]
+    pointsRas = [(ijkToRas(volumeNode, p)[0], label) for p, label in prompts.pointsIjk]
     pointsRas += [(np.asarray(p, float), label) for p, label in prompts.pointsRas]
     nodes = {1: None, 0: None}
     for positionRas, label in pointsRas:
@@ -374,7 +364,7 @@ def labelOnImageGrid(labelNode, volumeNode) -> np.ndarray:
     labelKji = slicer.util.arrayFromVolume(labelNode)
     if labelKji.ndim != 3:
         raise InputError("the label image has several components per voxel: give a single-component label map.")
-    imageToLabel = np.linalg.inv(_ijkToRasMatrix(labelNode)) @ _ijkToRasMatrix(volumeNode)
+    imageToLabel = np.linalg.inv(ijkToWorld(labelNode)) @ ijkToWorld(volumeNode)
     dims = dimensionsIjk(volumeNode)
     if labelKji.shape == dims[::-1] and np.allclose(imageToLabel, np.eye(4), atol=1e-3):
         return np.array(labelKji)

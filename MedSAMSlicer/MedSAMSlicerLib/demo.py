@@ -53,13 +53,6 @@ def boxAroundTruth(truthKji: np.ndarray, marginVoxels: int = BOX_MARGIN_VOXELS):
     return tuple(int(v) for v in low), tuple(int(v) for v in high)
 
 
-def diceCoefficient(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean masks (1.0 when both are empty)."""
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
-
-
 def createDemoVolume(scene):
     """(volumeNode, truthKji) for the demo's generated CT-like volume, added to ``scene``."""
     import slicer
@@ -76,6 +69,7 @@ def createDemoVolume(scene):
 
 def runDemo(args) -> int:
     """Generate, segment from one box with propagation, write the outputs, print Dice and the time taken."""
+    from . import simulateduser
     from .clicommands import addBoxRoiIjk, announceModel, createLogic, info, newScene, resolveModel
     from .imageio import prepareOutputFolder, writeSegmentation, writeVolume
 
@@ -105,7 +99,7 @@ def runDemo(args) -> int:
         "montage": writeMontage(volumeNode, maskKji, truthKji, os.path.join(outFolder, "demo_montage.png")),
     }
     seconds = time.perf_counter() - started
-    dice = diceCoefficient(maskKji, truthKji)
+    dice = simulateduser.dice(maskKji, truthKji)
     summary = {"dice": round(dice, 4), "seconds": round(seconds, 2), "model": modelName,
                "voxels": int(maskKji.sum()), "truthVoxels": int(truthKji.sum()), "files": paths}
     print(f"demo: Dice {dice:.3f} against the known truth, {seconds:.1f} s in total with the {modelName} engine")
