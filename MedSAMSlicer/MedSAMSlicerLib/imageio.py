@@ -395,15 +395,9 @@ def writeLabelmap(maskOrSegmentation, referenceVolume, path, segmentIds=None) ->
             _fillLabelFromSegmentation(labelNode, maskOrSegmentation, referenceVolume, segmentIds)
         storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
         storage.SetUseCompression(True)
-        with atomicOutput(path) as temporaryPath:
-            storage.SetFileName(temporaryPath)
-            with quietNativeStderr():
-                written = storage.WriteData(labelNode)
-            if not written:
-                raise InputError(f"writing {os.path.basename(path)} failed: check the folder is writable and has space.")
+        return _writeWithStorageNode(storage, labelNode, path)
     finally:
         scene.RemoveNode(labelNode)
-    return os.path.abspath(path)
 
 
 def _fillLabelFromArray(labelNode, maskKji, referenceVolume):
