@@ -118,15 +118,19 @@ def loadPyradiomics(dataFolder: Path, limit=None):
         yield name, SliceSource(voxels, spacing, IntensityPolicy.percentile()), labels == 1, 2
 
 
+def _caseRow(caseId, outcome, start) -> dict:
+    """One case's figures: Dice after the box and at the end, per click, NoC, seconds since ``start``."""
+    return {"case": caseId, "diceBox": outcome.dices[0], "diceFinal": outcome.dices[-1], "dices": outcome.dices,
+            "noc85": outcome.noc85, "noc90": outcome.noc90, "seconds": time.perf_counter() - start}
+
+
 def evaluate2d(engine, samples, clickBudget=5, jitterMm=0.0):
     """Run simulate2d on every sample; returns a list of per-case dicts."""
     rows = []
     for caseId, image, truth, spacing in samples:
         start = time.perf_counter()
         outcome = simulate2d(engine, image, truth, clickBudget=clickBudget, jitterMm=jitterMm, pixelSpacingMm=spacing)
-        rows.append({"case": caseId, "diceBox": outcome.dices[0], "diceFinal": outcome.dices[-1],
-                     "dices": outcome.dices, "noc85": outcome.noc85, "noc90": outcome.noc90,
-                     "seconds": time.perf_counter() - start})
+        rows.append(_caseRow(caseId, outcome, start))
     return rows
 
 
@@ -136,9 +140,7 @@ def evaluate3d(engine, cases, clickBudget=5, jitterMm=0.0):
     for caseId, source, truth, axis in cases:
         start = time.perf_counter()
         outcome = simulate3d(engine, source, truth, axis=axis, clickBudget=clickBudget, jitterMm=jitterMm)
-        rows.append({"case": caseId, "diceBox": outcome.dices[0], "diceFinal": outcome.dices[-1],
-                     "dices": outcome.dices, "noc85": outcome.noc85, "noc90": outcome.noc90,
-                     "slices": outcome.sliceRange, "seconds": time.perf_counter() - start})
+        rows.append(dict(_caseRow(caseId, outcome, start), slices=outcome.sliceRange))
     return rows
 
 
