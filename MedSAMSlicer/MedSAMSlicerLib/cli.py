@@ -289,12 +289,5 @@ def _oneLine(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
-def cliArgs(argv: List[str]):
-    """Parse and validate ``argv`` like main() does and return the namespace (for tests and scripts)."""
-    args = buildParser().parse_args(joinNegativeValues(argv))
-    _validate(args)
-    return args
-
-
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import DownloadError, InputError
-from .registry import getModelSpec, loadRegistry, modelNames
+from .registry import getModelSpec, modelNames
 
 DEFAULT_SAM_MODEL = "medsam"
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
@@ -101,14 +101,3 @@ def _samEngine(path: Path, recipe: str, architecture, device: str, spec, engineO
     else:
         options.setdefault("modelName", f"{path.stem}_{recipe}")
     return SamEngine(path, recipe=recipe, architecture=architecture, device=device, **options)
-
-
-def availableEngines() -> dict:
-    """{name: (displayName, ready)} for the UI: ready is False for registry models not yet downloaded."""
-    from .download import isModelCached
-
-    result = {}
-    for spec in loadRegistry().values():
-        ready = spec.kind == "builtin" or spec.kind == "file" or isModelCached(spec)
-        result[spec.aliases[0] if spec.aliases else spec.modelId] = (spec.displayName, ready)
-    return result

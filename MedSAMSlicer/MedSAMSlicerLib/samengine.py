@@ -18,7 +18,6 @@ torch and segment_anything are imported at first use; never imports slicer.
 import contextlib
 import hashlib
 import logging
-import os
 import threading
 import warnings
 from dataclasses import dataclass
@@ -477,9 +476,3 @@ def _asRgb(image) -> np.ndarray:
         array = array[:, :, None]
     rgb = np.repeat(array, 3, axis=2) if array.shape[2] == 1 else np.array(array, dtype=np.float32, copy=True)
     return np.nan_to_num(rgb, nan=0.0, posinf=1.0, neginf=0.0)
-
-
-def describeEngine(engine: SamEngine) -> str:
-    """One line for logs and the UI: model, recipe, device, checkpoint."""
-    where = os.fspath(engine.checkpointPath) if engine.checkpointPath else "in memory"
-    return f"{engine.displayName}, recipe {engine.recipe}, on {engine.device}, weights {where}"

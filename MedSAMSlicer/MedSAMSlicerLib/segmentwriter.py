@@ -279,11 +279,6 @@ class SegmentWriter:
         if self.canUndo:
             self.editorLogic.Undo()
 
-    def redo(self):
-        """Re-do the last undone apply, when there is one."""
-        if self.editorLogic.CanRedo():
-            self.editorLogic.Redo()
-
     @property
     def canUndo(self):
         """True when an apply can be undone."""
