@@ -16,13 +16,15 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.util import VTKObservationMixin
 
-from MedSAMSlicerLib import dependencies, download, engines, registry, volumegeometry
-from MedSAMSlicerLib.backgroundjob import BackgroundJob
-from MedSAMSlicerLib.errors import CancelledError, MedSAMError
-from MedSAMSlicerLib.intensity import IntensityPolicy
-from MedSAMSlicerLib.logic import DEBOUNCE_MS, MedSAMLogic
-from MedSAMSlicerLib.modelmanager import modelReadiness
-from MedSAMSlicerLib.propagation import PropagationSettings
+from MedSAMSlicerLib.core.backgroundjob import BackgroundJob
+from MedSAMSlicerLib.core.errors import CancelledError, MedSAMError
+from MedSAMSlicerLib.imaging.intensity import IntensityPolicy
+from MedSAMSlicerLib.models import dependencies, download, registry
+from MedSAMSlicerLib.models import enginefactory
+from MedSAMSlicerLib.models.modelmanager import modelReadiness
+from MedSAMSlicerLib.mrml import volumegeometry
+from MedSAMSlicerLib.workflow.logic import DEBOUNCE_MS, MedSAMLogic
+from MedSAMSlicerLib.workflow.propagation import PropagationSettings
 
 INTENSITY_CHOICES = ("auto", "ct:soft tissue", "ct:abdomen", "ct:lung", "ct:bone", "ct:brain", "percentile", "display")
 APPLY_MODES = ("replaceSlices", "add", "remove", "set")
@@ -190,7 +192,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self._parameterNode.inputVolume:
             self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
         if not self._parameterNode.model:
-            self._parameterNode.model = engines.defaultModelName()  # MedSAM once its weights are here
+            self._parameterNode.model = enginefactory.defaultModelName()  # MedSAM once its weights are here
 
     def setParameterNode(self, parameterNode: Optional[MedSAMSlicerParameterNode]):
         """Connect the GUI to ``parameterNode`` (disconnect when None)."""
@@ -515,7 +517,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._engineKey = readiness.engineKey
             then()
 
-        self._startTask(f"Loading {readiness.spec.displayName}", lambda progress, cancel: engines.createEngine(
+        self._startTask(f"Loading {readiness.spec.displayName}", lambda progress, cancel: enginefactory.createEngine(
             modelId, device=device, checkpointPath=checkpoint), loaded)
         return None
 

@@ -15,7 +15,7 @@ SHARED_DATA = Path(os.environ.get("MEDSAM_SHARED_DATA", REPO.parent / "shared" /
 @pytest.fixture(scope="session")
 def headlessScene():
     """One real vtkMRMLScene with Slicer's module logics, shared by the session."""
-    from MedSAMSlicerLib.headlessscene import createHeadlessScene
+    from MedSAMSlicerLib.mrml.headlessscene import createHeadlessScene
 
     return createHeadlessScene()
 

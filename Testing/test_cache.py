@@ -6,9 +6,9 @@ import threading
 import numpy as np
 import pytest
 
-from MedSAMSlicerLib.cache import FILE_MAGIC, CacheKey, EmbeddingCache
-from MedSAMSlicerLib.engine import SliceEmbedding
-from MedSAMSlicerLib.errors import InputError
+from MedSAMSlicerLib.embeddings.cache import FILE_MAGIC, CacheKey, EmbeddingCache
+from MedSAMSlicerLib.engines.base import SliceEmbedding
+from MedSAMSlicerLib.core.errors import InputError
 
 
 def makeKey(sliceIndex, signature="volA", axis=2, policyKey="window:0:100", modelId="fake:1"):
@@ -226,7 +226,7 @@ def test_importing_cache_and_embeddings_does_not_import_torch():
     import sys
     from pathlib import Path
 
-    code = ("import sys; import MedSAMSlicerLib.cache, MedSAMSlicerLib.embeddings; "
+    code = ("import sys; import MedSAMSlicerLib.embeddings.cache, MedSAMSlicerLib.embeddings.service; "
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     library = Path(__file__).resolve().parents[1] / "MedSAMSlicer"
     assert subprocess.run([sys.executable, "-c", code], cwd=library).returncode == 0

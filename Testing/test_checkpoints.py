@@ -5,9 +5,9 @@ import argparse
 import pytest
 import torch
 
-from MedSAMSlicerLib.checkpoints import detectArchitecture, loadSamModel, readStateDict
-from MedSAMSlicerLib.errors import CheckpointError
-from MedSAMSlicerLib.tinymodel import TINY_EMBED_DIM, buildTinySam, writeTinyCheckpoint
+from MedSAMSlicerLib.engines.checkpoints import detectArchitecture, loadSamModel, readStateDict
+from MedSAMSlicerLib.core.errors import CheckpointError
+from MedSAMSlicerLib.engines.tinymodel import TINY_EMBED_DIM, buildTinySam, writeTinyCheckpoint
 
 
 

@@ -39,7 +39,7 @@ def runCli(tmp_path):
 
 def writeEllipsoid(path, spacing=(0.8, 1.1, 2.0), shapeKji=(18, 40, 56)):
     """A noisy bright ellipsoid on a tilted, left-handed, anisotropic grid; returns (image, truthKji)."""
-    from MedSAMSlicerLib.phantoms import ellipsoidPhantom
+    from MedSAMSlicerLib.imaging.phantoms import ellipsoidPhantom
 
     voxels, truth, spacing = ellipsoidPhantom(shapeKji=shapeKji, spacingIjk=spacing)
     image = sitk.GetImageFromArray(voxels.astype(np.float32))
@@ -298,8 +298,8 @@ def test_real_2d_images_segment(runCli, tmp_path, sharedData):
 
 def test_model_choice(tmp_path, monkeypatch):
     """--model: a file is a custom checkpoint, names and aliases resolve, and the default says why it is growcut."""
-    from MedSAMSlicerLib.clicommands import resolveModel
-    from MedSAMSlicerLib.errors import DownloadError, InputError
+    from MedSAMSlicerLib.cli.commands import resolveModel
+    from MedSAMSlicerLib.core.errors import DownloadError, InputError
 
     monkeypatch.setenv("MEDSAM_SLICER_CACHE", str(tmp_path / "cache"))
     checkpoint = tmp_path / "my_finetune.pth"

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from MedSAMSlicerLib.engine import Prompts
-from MedSAMSlicerLib.errors import CancelledError, PromptError
-from MedSAMSlicerLib.progress import CancelToken, Signal, reportProgress
+from MedSAMSlicerLib.engines.base import Prompts
+from MedSAMSlicerLib.core.errors import CancelledError, PromptError
+from MedSAMSlicerLib.core.progress import CancelToken, Signal, reportProgress
 
 
 def test_prompts_normalise_box_corners_and_point_arrays():

@@ -9,9 +9,9 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA GPU (runs on the project's GPU machine, never in CI)")
 
-from MedSAMSlicerLib.engine import Prompts  # noqa: E402
-from MedSAMSlicerLib.samengine import SamEngine  # noqa: E402
-from MedSAMSlicerLib.tinymodel import buildTinySam  # noqa: E402
+from MedSAMSlicerLib.engines.base import Prompts  # noqa: E402
+from MedSAMSlicerLib.engines.samengine import SamEngine  # noqa: E402
+from MedSAMSlicerLib.engines.tinymodel import buildTinySam  # noqa: E402
 
 
 def _engines(recipe):
@@ -60,9 +60,9 @@ def test_point_prompts_take_the_stock_path_and_still_match():
 
 
 def test_capturing_while_a_prefetch_worker_encodes_is_safe():
-    from MedSAMSlicerLib.embeddings import EmbeddingService
-    from MedSAMSlicerLib.intensity import IntensityPolicy
-    from MedSAMSlicerLib.slicesource import SliceSource
+    from MedSAMSlicerLib.embeddings.service import EmbeddingService
+    from MedSAMSlicerLib.imaging.intensity import IntensityPolicy
+    from MedSAMSlicerLib.imaging.slicesource import SliceSource
 
     graphs, stock = _engines("medsam")
     volume = np.stack([_images()[k % 2] for k in range(24)])

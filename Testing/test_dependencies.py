@@ -2,8 +2,8 @@
 
 import pytest
 
-from MedSAMSlicerLib import dependencies
-from MedSAMSlicerLib.errors import DependencyError
+from MedSAMSlicerLib.models import dependencies
+from MedSAMSlicerLib.core.errors import DependencyError
 
 
 class FakeEnvironment:

@@ -8,12 +8,12 @@ import threading
 
 import pytest
 
-from MedSAMSlicerLib import download
-from MedSAMSlicerLib.download import (clearModelCache, downloadFile, ensureModel, isModelCached, modelCacheFolder,
+from MedSAMSlicerLib.models import download
+from MedSAMSlicerLib.models.download import (clearModelCache, downloadFile, ensureModel, isModelCached, modelCacheFolder,
                                       modelPath, setModelCacheFolder)
-from MedSAMSlicerLib.errors import CancelledError, DownloadError
-from MedSAMSlicerLib.progress import CancelToken
-from MedSAMSlicerLib.registry import ModelSpec
+from MedSAMSlicerLib.core.errors import CancelledError, DownloadError
+from MedSAMSlicerLib.core.progress import CancelToken
+from MedSAMSlicerLib.models.registry import ModelSpec
 
 PAYLOAD = bytes(range(256)) * 12000  # ~3 MB: several 1 MiB chunks
 SHA = hashlib.sha256(PAYLOAD).hexdigest()

@@ -6,13 +6,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from MedSAMSlicerLib.cache import EmbeddingCache
-from MedSAMSlicerLib.embeddings import EmbeddingService
-from MedSAMSlicerLib.engine import DecodeResult, Engine, Prompts, SliceEmbedding
-from MedSAMSlicerLib.errors import CancelledError, InputError
-from MedSAMSlicerLib.intensity import IntensityPolicy
-from MedSAMSlicerLib.progress import CancelToken
-from MedSAMSlicerLib.slicesource import SliceSource
+from MedSAMSlicerLib.embeddings.cache import EmbeddingCache
+from MedSAMSlicerLib.embeddings.service import EmbeddingService
+from MedSAMSlicerLib.engines.base import DecodeResult, Engine, Prompts, SliceEmbedding
+from MedSAMSlicerLib.core.errors import CancelledError, InputError
+from MedSAMSlicerLib.imaging.intensity import IntensityPolicy
+from MedSAMSlicerLib.core.progress import CancelToken
+from MedSAMSlicerLib.imaging.slicesource import SliceSource
 
 SLICES = 12
 GATE_TIMEOUT = 20.0  # seconds; only reached if a test is broken, so the suite fails instead of hanging
@@ -292,8 +292,8 @@ def test_prefetch_reuses_disk_entries_of_an_earlier_session(tmp_path):
 
 def test_tiny_sam_embedding_round_trips_through_the_disk_cache(tmp_path):
     pytest.importorskip("segment_anything")
-    samengine = pytest.importorskip("MedSAMSlicerLib.samengine")
-    tinymodel = pytest.importorskip("MedSAMSlicerLib.tinymodel")
+    samengine = pytest.importorskip("MedSAMSlicerLib.engines.samengine")
+    tinymodel = pytest.importorskip("MedSAMSlicerLib.engines.tinymodel")
     import torch
 
     checkpoint = tinymodel.writeTinyCheckpoint(tmp_path / "tiny.pth", seed=3)

@@ -16,11 +16,11 @@ import pytest
 import torch
 from segment_anything.modeling.common import LayerNorm2d
 
-from MedSAMSlicerLib import fastdecoder
-from MedSAMSlicerLib.checkpoints import ArchitectureInfo, buildSamModel
-from MedSAMSlicerLib.engine import Prompts, SliceEmbedding
-from MedSAMSlicerLib.samengine import SamEngine
-from MedSAMSlicerLib.tinymodel import buildTinySam
+from MedSAMSlicerLib.engines import fastdecoder
+from MedSAMSlicerLib.engines.checkpoints import ArchitectureInfo, buildSamModel
+from MedSAMSlicerLib.engines.base import Prompts, SliceEmbedding
+from MedSAMSlicerLib.engines.samengine import SamEngine
+from MedSAMSlicerLib.engines.tinymodel import buildTinySam
 
 REPO = Path(__file__).resolve().parents[1]
 LOGIT_ATOL, LOGIT_RTOL, BORDERLINE_LOGIT = 1e-4, 1e-5, 1e-3
@@ -214,7 +214,7 @@ def test_engine_fast_and_stock_paths_give_the_same_results(recipe):
 
 
 def test_importing_fastdecoder_does_not_import_torch():
-    code = ("import sys; import MedSAMSlicerLib.fastdecoder as f; "
+    code = ("import sys; import MedSAMSlicerLib.engines.fastdecoder as f; "
             "assert 'torch' not in sys.modules and 'segment_anything' not in sys.modules; "
             "f.ConvTranspose2x2; assert 'torch' in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=REPO / "MedSAMSlicer", check=True)

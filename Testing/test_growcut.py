@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
-from MedSAMSlicerLib.engine import Engine, Prompts
-from MedSAMSlicerLib.errors import MedSAMError, PromptError
-from MedSAMSlicerLib.growcutengine import GrowCutEngine
-from MedSAMSlicerLib.intensity import IntensityPolicy
-from MedSAMSlicerLib.phantoms import ellipsoidPhantom, twoObjectsLabels
-from MedSAMSlicerLib.simulateduser import boxFromMask, dice
-from MedSAMSlicerLib.slicesource import SliceSource
+from MedSAMSlicerLib.engines.base import Engine, Prompts
+from MedSAMSlicerLib.core.errors import MedSAMError, PromptError
+from MedSAMSlicerLib.engines.growcutengine import GrowCutEngine
+from MedSAMSlicerLib.imaging.intensity import IntensityPolicy
+from MedSAMSlicerLib.imaging.phantoms import ellipsoidPhantom, twoObjectsLabels
+from MedSAMSlicerLib.workflow.simulateduser import boxFromMask, dice
+from MedSAMSlicerLib.imaging.slicesource import SliceSource
 
 
 @pytest.fixture(scope="module")

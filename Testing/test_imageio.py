@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedSAMSlicerLib import imageio
-from MedSAMSlicerLib.errors import InputError
+from MedSAMSlicerLib.mrml import imageio
+from MedSAMSlicerLib.core.errors import InputError
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 

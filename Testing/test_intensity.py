@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from MedSAMSlicerLib.errors import InputError
-from MedSAMSlicerLib.intensity import IntensityPolicy
+from MedSAMSlicerLib.core.errors import InputError
+from MedSAMSlicerLib.imaging.intensity import IntensityPolicy
 
 
 def test_ct_presets_map_hounsfield_units_through_their_window():

@@ -10,11 +10,11 @@ import threading
 import numpy as np
 import pytest
 
-from MedSAMSlicerLib.errors import CancelledError, GeometryError, InputError, PromptError
-from MedSAMSlicerLib.logic import MedSAMLogic
-from MedSAMSlicerLib.progress import CancelToken
-from MedSAMSlicerLib.segmentwriter import segmentMaskKji
-from MedSAMSlicerLib.volumegeometry import ijkToWorld
+from MedSAMSlicerLib.core.errors import CancelledError, GeometryError, InputError, PromptError
+from MedSAMSlicerLib.workflow.logic import MedSAMLogic
+from MedSAMSlicerLib.core.progress import CancelToken
+from MedSAMSlicerLib.mrml.segmentwriter import segmentMaskKji
+from MedSAMSlicerLib.mrml.volumegeometry import ijkToWorld
 from test_segmentwriter import GEOMETRIES, internalLabelmap, makeVolume, voxelHash
 
 SHAPE_KJI = (16, 24, 28)
@@ -436,7 +436,7 @@ def test_set_model_by_name_and_unknown_names_are_refused(setup):
 
 
 def test_sam_path_runs_end_to_end_through_the_logic(setup, tmp_path):
-    from MedSAMSlicerLib.tinymodel import writeTinyCheckpoint
+    from MedSAMSlicerLib.engines.tinymodel import writeTinyCheckpoint
 
     logic, volume, roi, obj, decoy, centre = setup
     checkpoint = writeTinyCheckpoint(tmp_path / "tiny_sam.pth")
@@ -514,7 +514,7 @@ def test_rgb_photo_as_one_slice_vector_volume_segments_and_applies(scene):
 
 
 def test_each_engine_keeps_its_embeddings_across_switches_and_volumes(setup, scene):
-    from MedSAMSlicerLib.growcutengine import GrowCutEngine
+    from MedSAMSlicerLib.engines.growcutengine import GrowCutEngine
 
     logic, volume, roi, obj, decoy, centre = setup
     first, second = GrowCutEngine(), GrowCutEngine(smoothingSigma=0.0)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import slicer
 
-from MedSAMSlicerLib.errors import PromptError
-from MedSAMSlicerLib.markupprompts import promptsFromMarkups
-from MedSAMSlicerLib.volumegeometry import ijkToRas, ijkToWorld, sliceSourceFromVolume
+from MedSAMSlicerLib.core.errors import PromptError
+from MedSAMSlicerLib.mrml.markupprompts import promptsFromMarkups
+from MedSAMSlicerLib.mrml.volumegeometry import ijkToRas, ijkToWorld, sliceSourceFromVolume
 
 SHAPE_KJI = (9, 14, 12)
 SPACING = np.array([0.8, 0.9, 2.5])

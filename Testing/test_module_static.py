@@ -87,7 +87,7 @@ def test_module_file_parses_is_thin_and_never_imports_torch(moduleTree):
 
 
 def test_library_has_no_qt_and_what_the_module_imports_loads_without_torch(moduleTree):
-    for path in sorted(LIB_DIR.glob("*.py")):
+    for path in sorted(LIB_DIR.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             for name in names:
@@ -97,7 +97,7 @@ def test_library_has_no_qt_and_what_the_module_imports_loads_without_torch(modul
     modules = sorted({node.module + (f".{alias.name}" if node.module == "MedSAMSlicerLib" else "")
                       for node in ast.walk(moduleTree) if isinstance(node, ast.ImportFrom)
                       and (node.module or "").startswith("MedSAMSlicerLib") for alias in node.names})
-    assert "MedSAMSlicerLib.logic" in modules
+    assert "MedSAMSlicerLib.workflow.logic" in modules
     code = (
         "import importlib, sys\n"
         "class Block:\n"
@@ -136,7 +136,7 @@ def test_every_bound_parameter_exists_with_a_type_its_widget_can_bind(moduleTree
 
 
 def test_choice_values_are_what_the_library_accepts(moduleTree):
-    from MedSAMSlicerLib.intensity import IntensityPolicy
+    from MedSAMSlicerLib.imaging.intensity import IntensityPolicy
 
     namespace = {}
     for node in moduleTree.body:
@@ -150,7 +150,7 @@ def test_choice_values_are_what_the_library_accepts(moduleTree):
 
 
 def test_every_logic_call_of_the_widget_exists(moduleTree, scene):
-    from MedSAMSlicerLib.logic import MedSAMLogic
+    from MedSAMSlicerLib.workflow.logic import MedSAMLogic
 
     logic = MedSAMLogic(scene)
     facade = _classNode(moduleTree, "MedSAMSlicerLogic")
@@ -163,7 +163,7 @@ def test_every_logic_call_of_the_widget_exists(moduleTree, scene):
 def test_module_cmake_packages_every_library_file_and_resource():
     text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8").replace("${MODULE_NAME}", "MedSAMSlicer")
     listed = set(re.findall(r"^\s+(\S+\.(?:py|ui|png|json|txt))\s*$", text, re.MULTILINE))
-    library = {f"MedSAMSlicerLib/{path.name}" for path in LIB_DIR.glob("*.py")}
+    library = {path.relative_to(MODULE_DIR).as_posix() for path in LIB_DIR.rglob("*.py")}
     assert not library - listed, f"not in MODULE_PYTHON_SCRIPTS, so not packaged: {sorted(library - listed)}"
     resources = {"Resources/UI/MedSAMSlicer.ui", "Resources/Icons/MedSAMSlicer.png", "Resources/Models.json",
                  "Resources/requirements.txt", "MedSAMSlicer.py", "Testing/Python/MedSAMSlicerTest.py"}

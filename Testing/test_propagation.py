@@ -3,17 +3,17 @@
 import numpy as np
 import pytest
 
-from MedSAMSlicerLib.embeddings import EmbeddingService
-from MedSAMSlicerLib.engine import Prompts
-from MedSAMSlicerLib.errors import CancelledError, InputError
-from MedSAMSlicerLib.growcutengine import GrowCutEngine
-from MedSAMSlicerLib.intensity import IntensityPolicy
-from MedSAMSlicerLib.phantoms import driftingTubePhantom, ellipsoidPhantom, twoObjectsLabels, twoObjectsPhantom
-from MedSAMSlicerLib.postprocess import fillHoles, keepLargestComponent
-from MedSAMSlicerLib.progress import CancelToken
-from MedSAMSlicerLib.propagation import (PropagationResult, PropagationSettings, correctSlice, fillBetweenKeySlices,
+from MedSAMSlicerLib.embeddings.service import EmbeddingService
+from MedSAMSlicerLib.engines.base import Prompts
+from MedSAMSlicerLib.core.errors import CancelledError, InputError
+from MedSAMSlicerLib.engines.growcutengine import GrowCutEngine
+from MedSAMSlicerLib.imaging.intensity import IntensityPolicy
+from MedSAMSlicerLib.imaging.phantoms import driftingTubePhantom, ellipsoidPhantom, twoObjectsLabels, twoObjectsPhantom
+from MedSAMSlicerLib.imaging.postprocess import fillHoles, keepLargestComponent
+from MedSAMSlicerLib.core.progress import CancelToken
+from MedSAMSlicerLib.workflow.propagation import (PropagationResult, PropagationSettings, correctSlice, fillBetweenKeySlices,
                                          propagate, propagateBox3d)
-from MedSAMSlicerLib.simulateduser import boxFromMask, dice, truthBox3d
+from MedSAMSlicerLib.workflow.simulateduser import boxFromMask, dice, truthBox3d
 
 ANISOTROPIC = (1.0, 1.0, 2.5)
 ARRAY_AXIS = {2: 0, 1: 1, 0: 2}
@@ -37,7 +37,7 @@ class CountingEngine(GrowCutEngine):
 
 
 def _source(voxels, spacing):
-    from MedSAMSlicerLib.slicesource import SliceSource
+    from MedSAMSlicerLib.imaging.slicesource import SliceSource
 
     return SliceSource(voxels, spacing, IntensityPolicy.window(0.0, 1.0))
 
@@ -218,7 +218,7 @@ class GpuReportingEngine(CountingEngine):
 
 
 def test_on_a_gpu_the_next_batch_is_encoded_ahead_and_no_slice_twice():
-    from MedSAMSlicerLib.propagation import GPU_LOOKAHEAD_SLICES
+    from MedSAMSlicerLib.workflow.propagation import GPU_LOOKAHEAD_SLICES
 
     voxels, truth, spacing = ellipsoidPhantom((40, 48, 48), spacingIjk=ANISOTROPIC, seed=5)
     source = _source(voxels, spacing)

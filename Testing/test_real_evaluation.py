@@ -14,7 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from MedSAMSlicerLib.growcutengine import GrowCutEngine  # noqa: E402
+from MedSAMSlicerLib.engines.growcutengine import GrowCutEngine  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ import pytest
 import slicer
 import vtk
 
-from MedSAMSlicerLib.headlessscene import moduleLogic
-from MedSAMSlicerLib.volumegeometry import (axisFromSliceNode, ijkToRas, ijkToWorld, rasToIjk, sliceIndexFromRas,
+from MedSAMSlicerLib.mrml.headlessscene import moduleLogic
+from MedSAMSlicerLib.mrml.volumegeometry import (axisFromSliceNode, ijkToRas, ijkToWorld, rasToIjk, sliceIndexFromRas,
                                             sliceSourceFromVolume)
 
 sitk = pytest.importorskip("SimpleITK")

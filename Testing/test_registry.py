@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from MedSAMSlicerLib.errors import InputError
-from MedSAMSlicerLib.registry import REGISTRY_PATH, getModelSpec, loadRegistry, modelNames
+from MedSAMSlicerLib.core.errors import InputError
+from MedSAMSlicerLib.models.registry import REGISTRY_PATH, getModelSpec, loadRegistry, modelNames
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,9 +58,9 @@ def test_malformed_registry_files_are_reported(tmp_path):
 
 
 def test_engine_layer_imports_without_torch():
-    code = ("import sys; import MedSAMSlicerLib.registry, MedSAMSlicerLib.engines, MedSAMSlicerLib.samengine, "
-            "MedSAMSlicerLib.checkpoints, MedSAMSlicerLib.download, MedSAMSlicerLib.devices, "
-            "MedSAMSlicerLib.tinymodel; "
+    code = ("import sys; import MedSAMSlicerLib.models.registry, MedSAMSlicerLib.models.enginefactory, MedSAMSlicerLib.engines.samengine, "
+            "MedSAMSlicerLib.engines.checkpoints, MedSAMSlicerLib.models.download, MedSAMSlicerLib.engines.devices, "
+            "MedSAMSlicerLib.engines.tinymodel; "
             "heavy = [m for m in ('torch', 'segment_anything', 'slicer', 'qt') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], cwd=REPO / "MedSAMSlicer", check=True)

@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from segment_anything import SamPredictor
 
-from MedSAMSlicerLib.engine import Prompts, SliceEmbedding
-from MedSAMSlicerLib.engines import createEngine, defaultModelName
-from MedSAMSlicerLib.errors import CheckpointError, DownloadError, InputError, PromptError
-from MedSAMSlicerLib.samengine import SamEngine
-from MedSAMSlicerLib.tinymodel import buildTinySam, writeTinyCheckpoint
+from MedSAMSlicerLib.engines.base import Prompts, SliceEmbedding
+from MedSAMSlicerLib.models.enginefactory import createEngine, defaultModelName
+from MedSAMSlicerLib.core.errors import CheckpointError, DownloadError, InputError, PromptError
+from MedSAMSlicerLib.engines.samengine import SamEngine
+from MedSAMSlicerLib.engines.tinymodel import buildTinySam, writeTinyCheckpoint
 
 HEIGHT, WIDTH = 300, 500
 LOGIT_ATOL = 1e-4
@@ -324,7 +324,7 @@ def test_create_engine_from_files_and_names(tinyCheckpoint, tmp_path, monkeypatc
 
 
 def test_device_choice_precision_and_batch_size(monkeypatch):
-    from MedSAMSlicerLib import devices
+    from MedSAMSlicerLib.engines import devices
 
     assert devices.chooseDevice("cpu") == "cpu"
     assert devices.chooseDevice("auto") in ("cuda", "mps", "cpu")
@@ -348,8 +348,8 @@ def test_device_choice_precision_and_batch_size(monkeypatch):
 
 
 def test_model_too_big_for_the_gpu_runs_on_the_cpu(monkeypatch):
-    from MedSAMSlicerLib import samengine
-    from MedSAMSlicerLib.tinymodel import buildTinySam
+    from MedSAMSlicerLib.engines import samengine
+    from MedSAMSlicerLib.engines.tinymodel import buildTinySam
 
     monkeypatch.setattr(samengine, "chooseDevice", lambda device: "cuda")
     model = buildTinySam(seed=2)

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from MedSAMSlicerLib.errors import InputError
-from MedSAMSlicerLib.segmentwriter import PREVIEW_SEGMENT_ID, SegmentWriter, segmentMaskKji
+from MedSAMSlicerLib.core.errors import InputError
+from MedSAMSlicerLib.mrml.segmentwriter import PREVIEW_SEGMENT_ID, SegmentWriter, segmentMaskKji
 
 SHAPE_KJI = (8, 12, 14)
 

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from MedSAMSlicerLib.errors import InputError
-from MedSAMSlicerLib.growcutengine import GrowCutEngine
-from MedSAMSlicerLib.intensity import IntensityPolicy
-from MedSAMSlicerLib.phantoms import ctLikePhantom, ellipsoidPhantom
-from MedSAMSlicerLib.simulateduser import (boxFromMask, dice, nextClick, numberOfClicks, simulate2d, simulate3d,
+from MedSAMSlicerLib.core.errors import InputError
+from MedSAMSlicerLib.engines.growcutengine import GrowCutEngine
+from MedSAMSlicerLib.imaging.intensity import IntensityPolicy
+from MedSAMSlicerLib.imaging.phantoms import ctLikePhantom, ellipsoidPhantom
+from MedSAMSlicerLib.workflow.simulateduser import (boxFromMask, dice, nextClick, numberOfClicks, simulate2d, simulate3d,
                                            truthBox3d)
-from MedSAMSlicerLib.slicesource import SliceSource
+from MedSAMSlicerLib.imaging.slicesource import SliceSource
 
 
 def test_dice_box_and_noc_basics():

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from MedSAMSlicerLib.errors import InputError
-from MedSAMSlicerLib.intensity import IntensityPolicy
-from MedSAMSlicerLib.slicesource import SliceSource
+from MedSAMSlicerLib.core.errors import InputError
+from MedSAMSlicerLib.imaging.intensity import IntensityPolicy
+from MedSAMSlicerLib.imaging.slicesource import SliceSource
 
 IDENTITY = IntensityPolicy.window(0.0, 1000.0)
 

@@ -5,9 +5,9 @@ import pytest
 import slicer
 import vtk
 
-from MedSAMSlicerLib.errors import GeometryError, InputError, PromptError
-from MedSAMSlicerLib.intensity import IntensityPolicy
-from MedSAMSlicerLib.volumegeometry import (axisFromNormalRas, axisFromSliceNode, ijkToRas, ijkToWorld, rasToIjk,
+from MedSAMSlicerLib.core.errors import GeometryError, InputError, PromptError
+from MedSAMSlicerLib.imaging.intensity import IntensityPolicy
+from MedSAMSlicerLib.mrml.volumegeometry import (axisFromNormalRas, axisFromSliceNode, ijkToRas, ijkToWorld, rasToIjk,
                                             sliceIndexFromRas, sliceIndexFromSliceNode, sliceSourceFromVolume)
 
 

@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 import vtk
 
-from MedSAMSlicerLib import download
-from MedSAMSlicerLib.backgroundjob import BackgroundJob
-from MedSAMSlicerLib.errors import CancelledError, InputError
-from MedSAMSlicerLib.logic import MedSAMLogic
-from MedSAMSlicerLib.modelmanager import modelReadiness
-from MedSAMSlicerLib.phantoms import ellipsoidPhantom
-from MedSAMSlicerLib.propagation import PropagationSettings
-from MedSAMSlicerLib.segmentwriter import segmentMaskKji
-from MedSAMSlicerLib.volumegeometry import ijkToRas
+from MedSAMSlicerLib.models import download
+from MedSAMSlicerLib.core.backgroundjob import BackgroundJob
+from MedSAMSlicerLib.core.errors import CancelledError, InputError
+from MedSAMSlicerLib.workflow.logic import MedSAMLogic
+from MedSAMSlicerLib.models.modelmanager import modelReadiness
+from MedSAMSlicerLib.imaging.phantoms import ellipsoidPhantom
+from MedSAMSlicerLib.workflow.propagation import PropagationSettings
+from MedSAMSlicerLib.mrml.segmentwriter import segmentMaskKji
+from MedSAMSlicerLib.mrml.volumegeometry import ijkToRas
 
 from conftest import REPO
 

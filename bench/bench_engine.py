@@ -37,8 +37,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedSAMSlicer"))
 
-from MedSAMSlicerLib.devices import autocastDtype, chooseDevice  # noqa: E402
-from MedSAMSlicerLib.engine import Prompts  # noqa: E402
+from MedSAMSlicerLib.engines.devices import autocastDtype, chooseDevice  # noqa: E402
+from MedSAMSlicerLib.engines.base import Prompts  # noqa: E402
 
 
 def parseArgs(argv=None):
@@ -121,7 +121,7 @@ def timeClicks(engine, embedding, steps, device):
 
 def decoderOnlyModel():
     """A Sam with ViT-B's prompt encoder and mask decoder (random weights) behind a one-block, 32-wide encoder."""
-    from MedSAMSlicerLib.checkpoints import ArchitectureInfo, buildSamModel
+    from MedSAMSlicerLib.engines.checkpoints import ArchitectureInfo, buildSamModel
 
     return buildSamModel(ArchitectureInfo(
         name="custom", embedDim=32, depth=1, numHeads=2, patchSize=16, imgSize=1024, windowSize=14,
@@ -156,7 +156,7 @@ def timeInterleaved(engines, embedding, prompts, clicks, device):
 
 def timeFirstClicks(engine, embedding, prompts, count, device):
     """Median seconds of a click on a slice the engine has not decoded on yet (a new SliceEmbedding object)."""
-    from MedSAMSlicerLib.engine import SliceEmbedding
+    from MedSAMSlicerLib.engines.base import SliceEmbedding
 
     timings = []
     for _ in range(count):
@@ -178,7 +178,7 @@ def runDecoderOnly(args):
     """Click-to-mask, fast vs stock decoder, per thread count and prompt form; results as a dict (seconds)."""
     import torch
 
-    from MedSAMSlicerLib.samengine import SamEngine
+    from MedSAMSlicerLib.engines.samengine import SamEngine
 
     device = chooseDevice(args.device)
     torch.manual_seed(0)
@@ -242,8 +242,8 @@ def run(args):
     import torch
     from segment_anything import build_sam_vit_b
 
-    from MedSAMSlicerLib.samengine import SamEngine
-    from MedSAMSlicerLib.tinymodel import buildTinySam
+    from MedSAMSlicerLib.engines.samengine import SamEngine
+    from MedSAMSlicerLib.engines.tinymodel import buildTinySam
 
     device = chooseDevice(args.device)
     if args.threads:

@@ -36,11 +36,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "MedSAMSlicer"))
 
-from MedSAMSlicerLib.embeddings import EmbeddingService  # noqa: E402
-from MedSAMSlicerLib.intensity import IntensityPolicy  # noqa: E402
-from MedSAMSlicerLib.phantoms import driftingTubePhantom  # noqa: E402
-from MedSAMSlicerLib.propagation import PropagationSettings, lookaheadSlices, propagate  # noqa: E402
-from MedSAMSlicerLib.slicesource import SliceSource  # noqa: E402
+from MedSAMSlicerLib.embeddings.service import EmbeddingService  # noqa: E402
+from MedSAMSlicerLib.imaging.intensity import IntensityPolicy  # noqa: E402
+from MedSAMSlicerLib.imaging.phantoms import driftingTubePhantom  # noqa: E402
+from MedSAMSlicerLib.workflow.propagation import PropagationSettings, lookaheadSlices, propagate  # noqa: E402
+from MedSAMSlicerLib.imaging.slicesource import SliceSource  # noqa: E402
 
 #: Stop rules off: the benchmark times a fixed number of slices, whatever the masks look like.
 NO_STOP = dict(minAreaPixels=0, maxAreaRatio=float("inf"), minScore=-1.0, minIouWithPrevious=-1.0)
@@ -49,14 +49,14 @@ NO_STOP = dict(minAreaPixels=0, maxAreaRatio=float("inf"), minScore=-1.0, minIou
 def buildEngine(name: str, device: str, batchSize=None):
     """The engine to time: "growcut" or "vit_b" (random-weight ViT-B in SamEngine)."""
     if name == "growcut":
-        from MedSAMSlicerLib.growcutengine import GrowCutEngine
+        from MedSAMSlicerLib.engines.growcutengine import GrowCutEngine
 
         return GrowCutEngine()
     if name == "vit_b":
         import torch
         from segment_anything import build_sam_vit_b
 
-        from MedSAMSlicerLib.samengine import SamEngine
+        from MedSAMSlicerLib.engines.samengine import SamEngine
 
         torch.manual_seed(0)
         return SamEngine(model=build_sam_vit_b(checkpoint=None), recipe="medsam", architecture="vit_b",

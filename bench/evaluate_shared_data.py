@@ -23,9 +23,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "MedSAMSlicer"))
 
-from MedSAMSlicerLib.intensity import IntensityPolicy  # noqa: E402
-from MedSAMSlicerLib.simulateduser import simulate2d, simulate3d  # noqa: E402
-from MedSAMSlicerLib.slicesource import SliceSource  # noqa: E402
+from MedSAMSlicerLib.imaging.intensity import IntensityPolicy  # noqa: E402
+from MedSAMSlicerLib.workflow.simulateduser import simulate2d, simulate3d  # noqa: E402
+from MedSAMSlicerLib.imaging.slicesource import SliceSource  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 TOTALSEG_CT_ORGANS = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 5: "liver", 6: "stomach"}
@@ -146,7 +146,7 @@ def evaluate3d(engine, cases, clickBudget=5, jitterMm=0.0):
 
 def evaluateNative3d(engine, cases):
     """GrowCut's native 3D segmentation from the structure's 3D bounding box (no propagation, no clicks)."""
-    from MedSAMSlicerLib.simulateduser import dice
+    from MedSAMSlicerLib.workflow.simulateduser import dice
 
     rows = []
     for caseId, source, truth, _ in cases:
@@ -176,10 +176,10 @@ def summarize(rows):
 def createEngine(name: str, device: str = "auto", checkpoint=None):
     """The engine to evaluate: "growcut" here; other names through engines.createEngine when available."""
     if name == "growcut":
-        from MedSAMSlicerLib.growcutengine import GrowCutEngine
+        from MedSAMSlicerLib.engines.growcutengine import GrowCutEngine
 
         return GrowCutEngine()
-    from MedSAMSlicerLib.engines import createEngine as create
+    from MedSAMSlicerLib.models.enginefactory import createEngine as create
 
     return create(name, device=device, checkpointPath=checkpoint)
 

@@ -15,11 +15,11 @@ import unittest
 import numpy as np
 import slicer
 
-from MedSAMSlicerLib.logic import MedSAMLogic
-from MedSAMSlicerLib.phantoms import ellipsoidPhantom
-from MedSAMSlicerLib.propagation import PropagationSettings
-from MedSAMSlicerLib.segmentwriter import segmentMaskKji
-from MedSAMSlicerLib.volumegeometry import ijkToRas
+from MedSAMSlicerLib.workflow.logic import MedSAMLogic
+from MedSAMSlicerLib.imaging.phantoms import ellipsoidPhantom
+from MedSAMSlicerLib.workflow.propagation import PropagationSettings
+from MedSAMSlicerLib.mrml.segmentwriter import segmentMaskKji
+from MedSAMSlicerLib.mrml.volumegeometry import ijkToRas
 
 SHAPE_KJI = (16, 40, 40)
 SPACING_IJK = (1.0, 1.0, 1.5)
@@ -30,7 +30,7 @@ def _scene():
     """Slicer's scene inside the application; a headless slicer-core scene otherwise."""
     scene = getattr(slicer, "mrmlScene", None)
     if scene is None:
-        from MedSAMSlicerLib.headlessscene import createHeadlessScene
+        from MedSAMSlicerLib.mrml.headlessscene import createHeadlessScene
 
         scene = createHeadlessScene()
     return scene
@@ -118,7 +118,7 @@ class MedSAMSlicerSelfTest(unittest.TestCase):
 
     def test_tiny_sam_checkpoint_segments_and_propagates(self):
         try:
-            from MedSAMSlicerLib.tinymodel import writeTinyCheckpoint
+            from MedSAMSlicerLib.engines.tinymodel import writeTinyCheckpoint
             import segment_anything  # noqa: F401  (installed on first use of MedSAM/SAM)
         except ImportError as error:
             self.skipTest(f"torch/segment-anything not installed ({error}); install them from the module's Model section")
