@@ -98,8 +98,10 @@ class MedSAMLogic(ObservationMixin):
         if self.segmentationNode is not None:
             self._ensureWriter()
 
-    def setModel(self, name="auto", device="auto", checkpointPath=None):
-        """Use the model ``name`` ("growcut", "medsam", "sam_vit_b", "auto", or a checkpoint path) on ``device``.
+    def setModel(self, name="auto", device="auto", checkpointPath=None, recipe=None):
+        """Use the model ``name`` ("growcut", "medsam", "sam_vit_b", "medsam2", "sam2.1_hiera_t", "auto", or a
+        checkpoint path) on ``device``; ``recipe`` chooses the preprocessing of a checkpoint file
+        ("medsam", "sam", "medsam2", "sam2"; None: from the file).
 
         Builds the engine through engines.createEngine (loads weights: can take
         seconds). Raises CheckpointError / DependencyError / InputError with
@@ -107,7 +109,7 @@ class MedSAMLogic(ObservationMixin):
         """
         from ..models.enginefactory import createEngine
 
-        self.setEngine(createEngine(name, device=device, checkpointPath=checkpointPath))
+        self.setEngine(createEngine(name, device=device, checkpointPath=checkpointPath, recipe=recipe))
         return self.engine
 
     def setEngine(self, engine):

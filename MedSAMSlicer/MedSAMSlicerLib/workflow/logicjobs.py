@@ -154,6 +154,7 @@ class PropagationJob(_Job):
         visited. Raises CancelledError when cancelled (nothing is shown or
         written), PromptError when the seed slice gives an empty mask.
         """
+        from .memorypropagation import propagateWithMemory, usesMemoryPropagation
         from .propagation import PropagationSettings, propagate
 
         started = time.perf_counter()
@@ -167,10 +168,15 @@ class PropagationJob(_Job):
         settings = self.settings if self.settings is not None else PropagationSettings()
         # Inside a 3D box, every propagated prompt stays within the box (MedSAM's 3D box protocol).
         inBox = self.promptSet.sliceRange is not None and self.promptSet.prompts.boxXyxy is not None
-        result = propagate(self.service, self.source, self.axis, self.promptSet.sliceIndex, seedImage, settings,
-                           sliceRange=self.sliceRange, progress=progress, cancel=cancel, seedScore=decoded.score,
-                           seedLowResLogits=decoded.lowResLogits,
-                           clipXyxy=self.promptSet.prompts.boxXyxy if inBox else None)
+        clipXyxy = self.promptSet.prompts.boxXyxy if inBox else None
+        if usesMemoryPropagation(self.service):  # SAM 2 family: the engine's memory carries the mask
+            result = propagateWithMemory(self.service, self.source, self.axis, self.promptSet.sliceIndex,
+                                         self.promptSet.prompts, settings, sliceRange=self.sliceRange,
+                                         progress=progress, cancel=cancel, clipXyxy=clipXyxy)
+        else:
+            result = propagate(self.service, self.source, self.axis, self.promptSet.sliceIndex, seedImage, settings,
+                               sliceRange=self.sliceRange, progress=progress, cancel=cancel, seedScore=decoded.score,
+                               seedLowResLogits=decoded.lowResLogits, clipXyxy=clipXyxy)
         if cancel is not None:
             cancel.raiseIfCancelled()
         maskKji = np.asarray(result.toVolumeMask(self.source, self.axis), dtype=bool)
@@ -197,12 +203,14 @@ class CorrectionJob(_Job):
         Slices already encoded come from the cache (nothing is re-encoded).
         Safe in a worker thread; raises CancelledError when cancelled.
         """
+        from .memorypropagation import correctWithMemory, usesMemoryPropagation
         from .propagation import correctSlice
 
         started = time.perf_counter()
         if cancel is not None:
             cancel.raiseIfCancelled()
-        result = correctSlice(self.service, self.source, self.axis, self.previous.propagation, self.promptSet.sliceIndex,
+        correct = correctWithMemory if usesMemoryPropagation(self.service) else correctSlice
+        result = correct(self.service, self.source, self.axis, self.previous.propagation, self.promptSet.sliceIndex,
                               self.promptSet.prompts, self.settings, progress=progress, cancel=cancel)
         maskKji = _cleanUp(np.asarray(result.toVolumeMask(self.source, self.axis), dtype=bool), self.postprocess, self.axis)
         timings = dict(result.timings)

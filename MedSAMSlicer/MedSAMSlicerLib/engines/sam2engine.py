@@ -1,0 +1,340 @@
+"""Sam2Engine: SAM 2.1 and MedSAM2 checkpoints behind the Engine interface, with memory propagation.
+
+Two preprocessing recipes, each exactly the one its weights were trained with:
+
+- "medsam2" (MedSAM2's medsam2_infer_3D_CT.py): the slice, already windowed to
+  [0, 1] by the intensity policy, is truncated to 0-255 like MedSAM2's
+  np.uint8 cast, made three-channel, resized to 512x512 by Pillow's default
+  (bicubic) filter, divided by 255 and normalised with ImageNet mean/std.
+- "sam2" (sam2.sam2_image_predictor.SAM2ImagePredictor): the slice as 0-255
+  RGB through sam2's own SAM2Transforms (square resize to 1024 with
+  antialiasing, the same mean/std).
+
+Both scale prompts as SAM 2 does (x * size / W, y * size / H: a box is given in
+the slice's own pixel frame) and turn low-resolution logits into masks by a
+bilinear resize to the slice and logits > 0.
+
+``decode`` answers one slice as the image predictor does; propagation through
+a volume goes through ``startMemorySession`` (sam2memory.Sam2MemorySession),
+which tracks slice to slice with SAM 2's memory bank. torch and sam2 are
+imported at first use; never imports slicer.
+"""
+
+import logging
+import threading
+import warnings
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .base import DecodeResult, Engine, Prompts, SliceEmbedding
+from .samengine import _asRgb, checkpointDigest
+from .devices import autocastContext, batchSizeForMemory, chooseDevice, emptyDeviceCache, isOutOfMemory
+from ..core.errors import InputError, PromptError
+from ..core.progress import ProgressCallback, reportProgress
+
+logger = logging.getLogger(__name__)
+
+#: Recipe -> model input size (MedSAM2 was trained at 512, SAM 2.1 at 1024).
+SAM2_RECIPES = {"medsam2": 512, "sam2": 1024}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Feature levels kept per slice: the two high-resolution maps (already projected by the mask decoder's
+#: conv_s0 / conv_s1, as SAM2Base.forward_image leaves them) and the 16x-stride map.
+FEATURE_LEVELS = ("highRes0", "highRes1", "lowRes")
+
+
+class Sam2Engine(Engine):
+    """A SAM 2.1-family checkpoint (SAM 2.1 Hiera t/s/b+/l, MedSAM2) with its preprocessing recipe.
+
+    checkpointPath: .pt file ({"model": state_dict}); or pass a built sam2
+    SAM2Base as ``model`` (benchmarks, tests). recipe: "medsam2" (512 px) or
+    "sam2" (1024 px). architecture: "hiera_t", "hiera_s", "hiera_b+", "hiera_l"
+    to insist on one, None to detect. device: "auto", "cuda", "mps", "cpu".
+    modelId: cache identity (default "<modelName or recipe_architecture>:<first
+    12 hex of the file's SHA-256>"). batchSize: slices per encoder pass (default
+    from free GPU memory; 1 on a CPU). mixedPrecision: bf16 autocast on CUDA.
+    Raises CheckpointError (bad file), InputError (bad recipe/device, a model
+    built for another input size), DependencyError (no torch or sam2).
+    """
+
+    def __init__(self, checkpointPath=None, recipe: str = "medsam2", architecture: Optional[str] = None,
+                 device: str = "auto", modelId: Optional[str] = None, *, model=None, modelName: Optional[str] = None,
+                 batchSize: Optional[int] = None, displayName: Optional[str] = None, mixedPrecision: bool = True):
+        from .checkpoints import requireTorch
+        from .sam2checkpoints import detectSam2Architecture, loadSam2Model
+
+        self._torch = requireTorch()
+        if recipe not in SAM2_RECIPES:
+            raise InputError(f"Unknown SAM 2 preprocessing recipe {recipe!r}; choose one of {', '.join(SAM2_RECIPES)}.")
+        if (model is None) == (checkpointPath is None):
+            raise InputError("Give a Sam2Engine either a checkpoint file or a built model, not both or neither.")
+        self.recipe = recipe
+        self.imgSize = SAM2_RECIPES[recipe]
+        self._device = chooseDevice(device)
+        if model is None:
+            model, info = loadSam2Model(checkpointPath, self.imgSize, architecture)
+            identity = checkpointDigest(checkpointPath)[:12]
+        else:
+            if int(model.image_size) != self.imgSize:
+                raise InputError(f"The model was built for {model.image_size} px inputs; the {recipe} recipe needs "
+                                 f"{self.imgSize}. Build it with image size {self.imgSize}.")
+            info = detectSam2Architecture(model.state_dict())
+            identity = f"mem{id(model):x}"
+        self.architecture = architecture or info.name
+        self.info = info
+        self.fallbackMessage: Optional[str] = None
+        self.model = self._placeModel(model.eval())
+        self.modelId = modelId or f"{modelName or f'{recipe}_{self.architecture}'}:{identity}"
+        self.displayName = displayName or f"{'MedSAM2' if recipe == 'medsam2' else 'SAM 2.1'} ({self.architecture})"
+        self.batchSize = batchSize
+        self.mixedPrecision = mixedPrecision
+        self._batchCap: Optional[int] = None
+        self._fallbackLock = threading.Lock()
+        self._constants: dict = {}  # per-device positional encodings, dense PE (constant for one input size)
+        self._transforms = None  # sam2's SAM2Transforms, made at the first "sam2" encode
+
+    # ----------------------------------------------------------------- device
+
+    def _placeModel(self, model):
+        """The model on the engine's device; on a GPU too small for the weights, kept on the CPU with a warning."""
+        try:
+            return model.to(self._device)
+        except Exception as exc:
+            if not isOutOfMemory(exc) or self._device == "cpu":
+                raise
+            self._noteFallback(f"The model does not fit in the memory of the GPU ({self._device}); it runs on the "
+                               "CPU, which is slower. Close other GPU programs or choose a smaller model.")
+            emptyDeviceCache(self._device)
+            self._device = "cpu"
+            return model.to("cpu")
+
+    def _noteFallback(self, message: str) -> None:
+        self.fallbackMessage = message
+        logger.warning(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+    @property
+    def device(self) -> str:
+        """Where the engine computes now ("cuda", "mps", "cpu"); "cpu" after an out-of-memory fallback."""
+        return self._device
+
+    def autocast(self):
+        """The mixed-precision context of this engine (bf16 on CUDA when enabled; a no-op on CPU and MPS)."""
+        return autocastContext(self._device, self.mixedPrecision)
+
+    def constant(self, name: str, make):
+        """A per-device constant tensor, made once by ``make()`` (positional encodings)."""
+        key = (name, self._device)
+        if key not in self._constants:
+            with self._torch.no_grad():
+                self._constants[key] = make()
+        return self._constants[key]
+
+    # ----------------------------------------------------------------- encode
+
+    def encode(self, images: Sequence[np.ndarray], progress: Optional[ProgressCallback] = None) -> list:
+        """Encode slice images (float32 (H, W) or (H, W, 3) in [0, 1]) into SliceEmbeddings, in batches.
+
+        Each embedding's features are a dict of fp16 tensors on the engine's
+        device: "highRes0" (C/8, S/4, S/4), "highRes1" (C/4, S/8, S/8), "lowRes"
+        (C, S/16, S/16) for input size S. A GPU out-of-memory error halves the
+        batch, then moves the engine to the CPU with a warning (``fallbackMessage``).
+        Raises InputError for an image of the wrong shape.
+        """
+        images = list(images)
+        sizes = [_checkImage(image, index) for index, image in enumerate(images)]
+        embeddings: list = []
+        batch, start = self._currentBatchSize(), 0
+        while start < len(images):
+            chunk = images[start:start + batch]
+            try:
+                embeddings.extend(self._encodeBatch(chunk, sizes[start:start + batch]))
+            except Exception as exc:
+                if not isOutOfMemory(exc):
+                    raise
+                batch = self._recoverFromOutOfMemory(batch, exc)
+                continue
+            start += len(chunk)
+            reportProgress(progress, start / len(images), f"Encoded {start} of {len(images)} slices")
+        return embeddings
+
+    def _currentBatchSize(self) -> int:
+        if self.batchSize is not None:
+            size = max(1, int(self.batchSize))
+        else:
+            # Hiera's global-attention blocks dominate peak memory: heads x tokens^2 scores at stride 16.
+            tokens = (self.imgSize // 16) ** 2
+            size = batchSizeForMemory(self._device, 8 * tokens * tokens * 4 + 64 * self.imgSize ** 2 * 4)
+        return min(size, self._batchCap) if self._batchCap else size
+
+    def _recoverFromOutOfMemory(self, batch: int, exc: BaseException) -> int:
+        """Halve the batch after an OOM; at one slice move to the CPU. Returns the batch to retry with."""
+        emptyDeviceCache(self._device)
+        if batch > 1:
+            self._batchCap = max(1, batch // 2)
+            logger.warning("Out of memory encoding %d slices on %s; retrying with %d.", batch, self._device,
+                           self._batchCap)
+            return self._batchCap
+        if self._device == "cpu":
+            raise InputError("Not enough memory to encode even one slice on the CPU. Close other programs, "
+                             "or use smaller images or a smaller model.") from exc
+        with self._fallbackLock:
+            previous = self._device
+            self._noteFallback(f"The GPU ({previous}) ran out of memory even for one slice "
+                               f"({str(exc).splitlines()[0][:120]}); MedSAMSlicer continues on the CPU, which is "
+                               "slower. Close other GPU programs or choose a smaller model, then reload the model.")
+            self.model.to("cpu")
+            self._device, self._batchCap = "cpu", None
+        emptyDeviceCache(previous)
+        return 1
+
+    def _encodeBatch(self, images: Sequence[np.ndarray], sizes: Sequence[tuple]) -> list:
+        torch = self._torch
+        with torch.no_grad():
+            inputs = torch.stack([self.modelInput(image) for image in images]).to(self._device)
+            with self.autocast():
+                backbone = self.model.forward_image(inputs)
+            levels = [level.to(torch.float16) for level in backbone["backbone_fpn"][-len(FEATURE_LEVELS):]]
+        embeddings = []
+        for index, size in enumerate(sizes):
+            # clone: a view would keep the whole batch's storage alive in the cache
+            features = {name: level[index].clone() for name, level in zip(FEATURE_LEVELS, levels)}
+            nbytes = sum(t.numel() * t.element_size() for t in features.values())
+            embeddings.append(SliceEmbedding(features=features, imageSize=tuple(size), nbytes=nbytes,
+                                             extra={"recipe": self.recipe, "modelId": self.modelId}))
+        return embeddings
+
+    def modelInput(self, image: np.ndarray):
+        """The (3, S, S) float32 CPU tensor the image encoder gets for one slice image, per the recipe."""
+        rgb = _asRgb(image)
+        if self.recipe == "medsam2":
+            return self._medsam2Input(rgb)
+        if self._transforms is None:
+            from sam2.utils.transforms import SAM2Transforms
+
+            with warnings.catch_warnings():  # SAM2Transforms scripts its resize with torch.jit, deprecated in torch 2.x
+                warnings.simplefilter("ignore", FutureWarning)
+                self._transforms = SAM2Transforms(resolution=self.imgSize, mask_threshold=0.0)
+        return self._transforms(np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)).float()
+
+    def _medsam2Input(self, rgb: np.ndarray):
+        from PIL import Image
+
+        # MedSAM2 windows to 0-255 with a truncating np.uint8 cast, then resizes with Pillow's default filter.
+        image8 = np.floor(np.clip(rgb.astype(np.float64) * 255.0, 0.0, 255.0)).astype(np.uint8)
+        size = (self.imgSize, self.imgSize)
+        if np.array_equal(image8[..., 0], image8[..., 1]) and np.array_equal(image8[..., 0], image8[..., 2]):
+            channel = np.asarray(Image.fromarray(image8[..., 0], mode="L").resize(size))
+            resized = np.repeat(channel[..., None], 3, axis=2)  # = convert("RGB").resize(): channels resize alike
+        else:
+            resized = np.asarray(Image.fromarray(image8, mode="RGB").resize(size))
+        normalised = (resized.astype(np.float64) / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+        return self._torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1))).float()
+
+    # ----------------------------------------------------------------- decode
+
+    def decode(self, embedding: SliceEmbedding, prompts: Prompts) -> DecodeResult:
+        """One object's mask on one slice, as SAM2ImagePredictor.predict gives it (no memory).
+
+        A single point without a previous mask is ambiguous: the decoder gives 3
+        candidates and the one with the highest predicted IoU is kept. Raises
+        PromptError for empty prompts, prompts entirely off the image, or a
+        previous mask of the wrong size.
+        """
+        torch = self._torch
+        self.checkEmbedding(embedding)
+        points, maskInput = self.promptTensors(embedding, prompts)
+        multimask = prompts.isAmbiguous and maskInput is None
+        with torch.no_grad(), self.autocast():
+            features = self.featureLevels(embedding)
+            image = features[2] + self.model.no_mem_embed.view(1, -1, 1, 1)
+            sparse, dense = self.model.sam_prompt_encoder(points=points, boxes=None, masks=maskInput)
+            lowRes, iou, _, _ = self.model.sam_mask_decoder(
+                image_embeddings=image, image_pe=self.model.sam_prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask,
+                repeat_image=False, high_res_features=features[:2])
+            lowRes, iou = lowRes.float(), iou.float()
+            best = int(iou[0].argmax()) if multimask else 0
+            return self.resultFromLogits(lowRes[:, best:best + 1], float(iou[0, best]), embedding)
+
+    def checkEmbedding(self, embedding: SliceEmbedding) -> None:
+        """InputError when ``embedding`` was made by another model."""
+        madeBy = embedding.extra.get("modelId")
+        if madeBy is not None and madeBy != self.modelId:
+            raise InputError(f"This slice was encoded by another model ({madeBy}), not {self.modelId}; "
+                             "encode it again with the current model.")
+
+    def featureLevels(self, embedding: SliceEmbedding) -> list:
+        """The three feature maps of a slice as (1, C, h, w) float32 tensors on the engine's device."""
+        return [embedding.features[name].to(self._device, self._torch.float32)[None] for name in FEATURE_LEVELS]
+
+    def promptTensors(self, embedding: SliceEmbedding, prompts: Prompts):
+        """(points (coords (1, N, 2), labels (1, N)) in the model's input frame, mask input (1, 1, h, w) or None).
+
+        A box becomes two points labelled 2 and 3 in front of the clicks, as
+        SAM 2 was trained. Raises PromptError for empty or off-image prompts or
+        a previous mask of the wrong size.
+        """
+        torch = self._torch
+        height, width = embedding.imageSize
+        _checkPromptsOnImage(prompts, height, width)
+        coords, labels = prompts.pointsXy.astype(np.float64), prompts.pointLabels.astype(np.int64)
+        if prompts.boxXyxy is not None:
+            coords = np.concatenate([np.asarray(prompts.boxXyxy, np.float64).reshape(2, 2), coords])
+            labels = np.concatenate([[2, 3], labels])
+        coords = coords / np.array([width, height]) * self.imgSize
+        points = (torch.as_tensor(coords[None], dtype=torch.float32, device=self._device),
+                  torch.as_tensor(labels[None], dtype=torch.int32, device=self._device))
+        maskInput = None
+        if prompts.previousLowResLogits is not None:
+            logits = np.asarray(prompts.previousLowResLogits, np.float32)
+            lowSize = (self.imgSize // 4, self.imgSize // 4)
+            if logits.size != lowSize[0] * lowSize[1]:
+                raise PromptError(f"The previous mask has shape {logits.shape}; this model needs {lowSize}. "
+                                  "Pass the lowResLogits of a result of the same model.")
+            maskInput = torch.as_tensor(logits.reshape(1, 1, *lowSize), device=self._device)
+        return points, maskInput
+
+    def resultFromLogits(self, lowRes, score: float, embedding: SliceEmbedding) -> DecodeResult:
+        """A DecodeResult from (1, 1, h, w) low-res logits: bilinear resize to the slice, > 0 (SAM 2's postprocess)."""
+        import torch.nn.functional as F
+
+        height, width = embedding.imageSize
+        logits = F.interpolate(lowRes.float(), size=(height, width), mode="bilinear", align_corners=False)
+        clamped = self._torch.clamp(lowRes.float(), -32.0, 32.0)  # as the predictors hand logits back
+        return DecodeResult(mask=(logits[0, 0] > 0.0).cpu().numpy(), score=float(np.clip(score, 0.0, 1.0)),
+                            lowResLogits=clamped[0, 0].cpu().numpy())
+
+    # ----------------------------------------------------------------- memory
+
+    def startMemorySession(self, sliceCount: int, maxMemoryFrames: Optional[int] = None):
+        """A new memory-propagation session over ``sliceCount`` slices (sam2memory.Sam2MemorySession)."""
+        from .sam2memory import Sam2MemorySession
+
+        return Sam2MemorySession(self, sliceCount, maxMemoryFrames)
+
+
+def _checkImage(image, index: int) -> tuple:
+    shape = np.shape(image)
+    if (len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3))) and shape[0] >= 1 and shape[1] >= 1:
+        return (int(shape[0]), int(shape[1]))
+    raise InputError(f"Slice image {index} has shape {shape}; the engine needs (H, W) grayscale or "
+                     "(H, W, 3) colour. Pick a 2D slice of a scalar or RGB volume.")
+
+
+def _checkPromptsOnImage(prompts: Prompts, height: int, width: int) -> None:
+    if prompts.isEmpty:
+        raise PromptError("No prompt given: draw a box or click at least one point on the slice.")
+    if prompts.boxXyxy is not None:
+        x0, y0, x1, y1 = prompts.boxXyxy
+        if x1 < -0.5 or y1 < -0.5 or x0 > width - 0.5 or y0 > height - 0.5:
+            raise PromptError(f"The box {prompts.boxXyxy} lies entirely off the {width}x{height} slice; "
+                              "draw it on the image.")
+        return
+    points = prompts.pointsXy
+    inside = ((points[:, 0] >= -0.5) & (points[:, 0] <= width - 0.5)
+              & (points[:, 1] >= -0.5) & (points[:, 1] <= height - 0.5))
+    if not inside.any():
+        raise PromptError(f"Every point lies off the {width}x{height} slice; click on the image.")
+
