@@ -29,11 +29,14 @@ def tinySam2Info():
         memoryAttentionLayers=TINY_SAM2_MEMORY_LAYERS, memoryFeedForward=64, fuserLayers=2)
 
 
-def buildTinySam2(seed: int = 0, imageSize: int = 512):
+def buildTinySam2(seed: int = 0, imageSize: int = 512, coverImage: bool = False):
     """A randomly initialised sam2 SAM2Base with tiny widths for ``imageSize`` inputs (eval mode, CPU).
 
     Hiera embed dim 8 (stages 1-1-2-1), model width 32, memory width 16, two
     memory-attention layers. The same seed gives the same weights.
+    coverImage: bias the mask decoder's last upscaling layer and mask tokens so
+    that every mask covers the whole slice (a model whose propagation never stops by itself:
+    for tests of order, ranges and stop rules).
     """
     import torch
 
@@ -51,16 +54,25 @@ def buildTinySam2(seed: int = 0, imageSize: int = 512):
             head = model.sam_mask_decoder.pred_obj_score_head
             last = head.layers[-1] if hasattr(head, "layers") else head
             last.bias.fill_(4.0)
+            if coverImage:
+                decoder = model.sam_mask_decoder
+                decoder.output_upscaling[3].bias.fill_(8.0)  # upscaled features > 0 everywhere ...
+                for mlp in decoder.output_hypernetworks_mlps:  # ... weighted by positive mask tokens
+                    mlp.layers[-1].weight.zero_()
+                    mlp.layers[-1].bias.fill_(1.0)
     finally:
         torch.random.set_rng_state(state)
     return model.eval()
 
 
-def writeTinySam2Checkpoint(path, seed: int = 0, imageSize: int = 512) -> Path:
-    """Save a tiny SAM 2.1's weights to ``path`` as {"model": state_dict} (the official files' form); returns path."""
+def writeTinySam2Checkpoint(path, seed: int = 0, coverImage: bool = False) -> Path:
+    """Save a tiny SAM 2.1's weights to ``path`` as {"model": state_dict} (the official files' form); returns path.
+
+    The weights do not depend on the input size: the recipe chooses it when the file is loaded.
+    """
     import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": buildTinySam2(seed, imageSize).state_dict()}, str(path))
+    torch.save({"model": buildTinySam2(seed, coverImage=coverImage).state_dict()}, str(path))
     return path

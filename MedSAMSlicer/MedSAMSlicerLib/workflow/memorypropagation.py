@@ -79,14 +79,24 @@ class _MemoryWalker(_Walker):
         self.session = result.session
 
     def condition(self, k: int, prompts: Prompts):
-        """Decode slice k from ``prompts`` as a conditioning slice; records it in the result."""
+        """Decode slice k from ``prompts`` as a conditioning slice; records it (cut to the 3D box) in the result."""
         embedding = self.embedding(k, +1, k)
-        start = time.perf_counter()
-        decoded = self.session.condition(k, embedding, prompts)
-        self.result.timings["decode"] += time.perf_counter() - start
+        decoded = self._timed(self.session.condition, k, embedding, prompts)
         self.result.conditioning[k] = self.session.conditioning[k]
-        self.result.masks[k], self.result.scores[k] = decoded.mask, float(decoded.score)
+        self.result.masks[k] = clipMask(decoded.mask, self.result.clipXyxy)
+        self.result.scores[k] = float(decoded.score)
         return decoded
+
+    def _timed(self, step, *args, **options):
+        """Run a memory step, counting its time as decoding (in the result and in the service's timings)."""
+        start = time.perf_counter()
+        try:
+            return step(*args, **options)
+        finally:
+            seconds = time.perf_counter() - start
+            self.result.timings["decode"] += seconds
+            if hasattr(self.service, "addTiming"):
+                self.service.addTiming("decode", seconds)
 
     def walk(self, start: int, direction: int, last: int, progress=None, progressBase=0.0, previous=None) -> str:
         """Track from ``start`` towards ``last`` (inclusive); returns the stop reason.
@@ -108,9 +118,7 @@ class _MemoryWalker(_Walker):
             if k in session.conditioning:
                 return STOP_CONDITIONING_SLICE
             embedding = self.embedding(k, direction, limit)
-            begin = time.perf_counter()
-            decoded = session.track(k, embedding, reverse=direction < 0)
-            result.timings["decode"] += time.perf_counter() - begin
+            decoded = self._timed(session.track, k, embedding, reverse=direction < 0)
             mask = clipMask(decoded.mask, result.clipXyxy)
             reason = _stopReason(mask, decoded.score, previousMask, settings)
             if reason is not None:
@@ -151,7 +159,8 @@ def propagateWithMemory(service, source, axis: int, seedSliceIndex: int, prompts
     session = service.engine.startMemorySession(source.sliceCount(axis))
     result = MemoryPropagationResult(axis=axis, sliceRange=(k0, k1), clipXyxy=clipXyxy, session=session)
     walker = _MemoryWalker(service, source, axis, settings, result, cancel)
-    if not walker.condition(seedSliceIndex, prompts).mask.any():
+    walker.condition(seedSliceIndex, prompts)
+    if not result.masks[seedSliceIndex].any():
         raise PromptError(f"The prompts give an empty mask on slice {seedSliceIndex}: adjust the box or points "
                           "until the slice preview shows the object, then propagate.")
     result.stopReasons["up"] = walker.walk(seedSliceIndex, +1, k1, progress, 0.0)
@@ -185,9 +194,9 @@ def correctWithMemory(service, source, axis: int, previousResult: PropagationRes
     for k, earlier in sorted(getattr(previousResult, "conditioning", {}).items()):
         if k not in session.conditioning and k != sliceIndex:
             walker.condition(k, earlier)  # a session made by another engine: condition its slices again
-    decoded = walker.condition(sliceIndex, _correctionPrompts(session, source, axis, previousResult, sliceIndex,
-                                                              prompts, settings))
-    if not decoded.mask.any():
+    walker.condition(sliceIndex, _correctionPrompts(session, source, axis, previousResult, sliceIndex, prompts,
+                                                    settings))
+    if not result.masks[sliceIndex].any():
         # The user removed the object here: the slices beyond no longer connect to it.
         result.stopReasons = {"up": STOP_VANISHED, "down": STOP_VANISHED}
     else:
