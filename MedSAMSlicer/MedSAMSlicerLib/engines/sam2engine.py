@@ -109,6 +109,10 @@ class Sam2Engine(Engine):
             self._device = "cpu"
             return model.to("cpu")
 
+    def _accelerated(self) -> bool:
+        """True while computing on a GPU (there is a CPU to fall back to)."""
+        return self._device != "cpu"
+
     def _noteFallback(self, message: str) -> None:
         self.fallbackMessage = message
         logger.warning(message)
@@ -176,7 +180,7 @@ class Sam2Engine(Engine):
             logger.warning("Out of memory encoding %d slices on %s; retrying with %d.", batch, self._device,
                            self._batchCap)
             return self._batchCap
-        if self._device == "cpu":
+        if not self._accelerated():
             raise InputError("Not enough memory to encode even one slice on the CPU. Close other programs, "
                              "or use smaller images or a smaller model.") from exc
         with self._fallbackLock:
