@@ -15,7 +15,7 @@ pytest.importorskip("sam2")
 from MedSAMSlicerLib.core.errors import CheckpointError, InputError, PromptError  # noqa: E402
 from MedSAMSlicerLib.engines.base import Prompts  # noqa: E402
 from MedSAMSlicerLib.engines.sam2checkpoints import (OFFICIAL_SIZES, detectSam2Architecture,  # noqa: E402
-                                                     isSam2Checkpoint, loadSam2Model)
+                                                     isSam2Checkpoint, loadSam2Model, officialArchitecture)
 from MedSAMSlicerLib.engines.sam2engine import IMAGENET_MEAN, IMAGENET_STD, Sam2Engine  # noqa: E402
 from MedSAMSlicerLib.engines.tinysam2 import buildTinySam2, writeTinySam2Checkpoint  # noqa: E402
 from MedSAMSlicerLib.engines.tinymodel import writeTinyCheckpoint  # noqa: E402
@@ -68,6 +68,8 @@ def test_official_size_table_matches_sam2s_own_configs(config):
     assert size.numHeads == value("num_heads")
     assert size.globalAttBlocks == tuple(value("global_att_blocks"))
     assert size.windowSpec == tuple(value("window_spec"))
+    assert (size.windowPosEmbedBkg,) * 2 == tuple(value("window_pos_embed_bkg_spatial_size"))
+    assert officialArchitecture(name).embedDim == value("embed_dim")
 
 
 def test_builder_equals_sam2s_hydra_build_of_medsam2s_config(tmp_path, oneTorchThread):

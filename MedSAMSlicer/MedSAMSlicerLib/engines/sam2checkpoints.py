@@ -39,13 +39,14 @@ class HieraSize:
     numHeads: int
     globalAttBlocks: Tuple[int, ...]
     windowSpec: Tuple[int, ...]
+    windowPosEmbedBkg: int = 7
 
 
 #: (embed dim, blocks per stage) -> (name, HieraSize) of the four SAM 2.1 image encoders.
 OFFICIAL_SIZES = {
     (96, (1, 2, 7, 2)): ("hiera_t", HieraSize(1, (5, 7, 9), (8, 4, 14, 7))),
     (96, (1, 2, 11, 2)): ("hiera_s", HieraSize(1, (7, 10, 13), (8, 4, 14, 7))),
-    (112, (2, 3, 16, 3)): ("hiera_b+", HieraSize(2, (12, 16, 20), (8, 4, 14, 7))),
+    (112, (2, 3, 16, 3)): ("hiera_b+", HieraSize(2, (12, 16, 20), (8, 4, 14, 7), 14)),
     (144, (2, 6, 36, 4)): ("hiera_l", HieraSize(2, (23, 33, 43), (8, 4, 16, 8))),
 }
 SAM2_ARCHITECTURES = tuple(name for name, _ in OFFICIAL_SIZES.values())
@@ -159,6 +160,19 @@ def detectSam2Architecture(stateDict: Mapping) -> Sam2ArchitectureInfo:
         memoryFeedForward=_shape(stateDict, "memory_attention.layers.0.linear1.weight")[0],
         fuserLayers=_count(stateDict, "memory_encoder.fuser.layers."),
     )
+
+
+def officialArchitecture(name: str) -> Sam2ArchitectureInfo:
+    """The dimensions of an official SAM 2.1 model ("hiera_t", "hiera_s", "hiera_b+", "hiera_l"), as
+    detectSam2Architecture reads them from its checkpoint. Raises CheckpointError for another name."""
+    for (embedDim, stages), (known, size) in OFFICIAL_SIZES.items():
+        if known == name:
+            return Sam2ArchitectureInfo(
+                name=name, embedDim=embedDim, stages=stages, numHeads=size.numHeads,
+                globalAttBlocks=size.globalAttBlocks, windowSpec=size.windowSpec,
+                windowPosEmbedBkg=size.windowPosEmbedBkg, dModel=256, memDim=64, numMaskmem=7,
+                memoryAttentionLayers=4, memoryFeedForward=2048, fuserLayers=2)
+    raise CheckpointError(f"Unknown SAM 2.1 size {name!r}; choose one of {', '.join(SAM2_ARCHITECTURES)}.")
 
 
 def buildSam2Model(info: Sam2ArchitectureInfo, imageSize: int):
