@@ -229,10 +229,10 @@ class Sam2Engine(Engine):
         image8 = np.floor(np.clip(rgb.astype(np.float64) * 255.0, 0.0, 255.0)).astype(np.uint8)
         size = (self.imgSize, self.imgSize)
         if np.array_equal(image8[..., 0], image8[..., 1]) and np.array_equal(image8[..., 0], image8[..., 2]):
-            channel = np.asarray(Image.fromarray(image8[..., 0], mode="L").resize(size))
+            channel = np.asarray(Image.fromarray(np.ascontiguousarray(image8[..., 0])).resize(size))
             resized = np.repeat(channel[..., None], 3, axis=2)  # = convert("RGB").resize(): channels resize alike
         else:
-            resized = np.asarray(Image.fromarray(image8, mode="RGB").resize(size))
+            resized = np.asarray(Image.fromarray(image8).resize(size))
         normalised = (resized.astype(np.float64) / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
         return self._torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1))).float()
 

@@ -140,7 +140,8 @@ def _sliceExtent(axis: int, k: int, rowRange, colRange):
 
 
 class PropagationJob(_Job):
-    """Segment the prompt slice, then propagate the mask slice by slice through ``sliceRange``."""
+    """Segment the prompt slice, then propagate the mask through ``sliceRange``: with the engine's memory for
+    SAM 2-family engines (memorypropagation.py), else slice by slice from the previous mask's box."""
 
     def __init__(self, service, source, axis, promptSet, postprocess, settings=None, sliceRange=None):
         super().__init__(service, source, axis, promptSet, postprocess)
@@ -190,7 +191,8 @@ class PropagationJob(_Job):
 
 
 class CorrectionJob(_Job):
-    """Fix one slice of a propagated (3D) result with clicks, then re-propagate only as far as the result changes."""
+    """Fix one slice of a propagated (3D) result with clicks, then re-propagate only as far as the result changes
+    (SAM 2-family engines: the slice joins the memory as a conditioning slice, memorypropagation.correctWithMemory)."""
 
     def __init__(self, service, source, axis, promptSet, postprocess, previous: SegmentationResult, settings=None):
         super().__init__(service, source, axis, promptSet, postprocess)
