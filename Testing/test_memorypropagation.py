@@ -268,3 +268,17 @@ def test_cli_propagates_a_sam21_checkpoint_with_memory(files, tmp_path):
     wrong = _run("segment", str(tmp_path / "volume.nii.gz"), "--model", str(files["cover"]), "--recipe", "medsam",
                  "--box", "10,5,3,30,25,9", "--out", str(tmp_path / "x.nii.gz"))
     assert wrong.returncode == 2 and "SAM 2.1 / MedSAM2" in wrong.stderr and not (tmp_path / "x.nii.gz").exists()
+
+
+def test_the_simulated_user_boxes_propagates_and_clicks_with_memory(coverEngine):
+    from MedSAMSlicerLib.workflow.simulateduser import simulate3d
+
+    source = _source()
+    truth = np.zeros(source.shapeKji, bool)
+    truth[4:9, 10:25, 15:35] = True
+    service = EmbeddingService(coverEngine)
+    simulation = simulate3d(service, source, truth, axis=2, clickBudget=2, settings=PERMISSIVE)
+    assert isinstance(simulation.result, MemoryPropagationResult)
+    assert sorted(simulation.result.masks) == list(range(4, 9))  # the box's slices, each mask cut to the box
+    assert simulation.dices[0] > 0.99  # a mask that covers the slice, cut to the truth's box, is the truth here
+    assert service.stats()["encoded"] == 5

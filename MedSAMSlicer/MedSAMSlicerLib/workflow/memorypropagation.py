@@ -169,6 +169,17 @@ def propagateWithMemory(service, source, axis: int, seedSliceIndex: int, prompts
     return result
 
 
+def propagateBox3dWithMemory(service, source, axis: int, boxXyxy, sliceRange,
+                             settings: Optional[PropagationSettings] = None, progress=None,
+                             cancel=None) -> MemoryPropagationResult:
+    """The 3D box protocol with memory (as propagation.propagateBox3d): the box on the middle slice of
+    [k0, k1], propagated within [k0, k1], every mask cut to the box. Raises PromptError for an empty
+    middle-slice mask."""
+    k0, k1 = _checkedRange(source, axis, sliceRange)
+    return propagateWithMemory(service, source, axis, (k0 + k1) // 2, Prompts(boxXyxy=tuple(boxXyxy)), settings,
+                               (k0, k1), progress, cancel, clipXyxy=tuple(boxXyxy))
+
+
 def correctWithMemory(service, source, axis: int, previousResult: PropagationResult, sliceIndex: int,
                       prompts: Prompts, settings: Optional[PropagationSettings] = None, progress=None,
                       cancel=None) -> MemoryPropagationResult:

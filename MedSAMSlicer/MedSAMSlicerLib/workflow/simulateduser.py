@@ -24,6 +24,7 @@ import numpy as np
 
 from ..engines.base import Prompts
 from ..core.errors import InputError
+from .memorypropagation import correctWithMemory, propagateBox3dWithMemory, usesMemoryPropagation
 from .propagation import PropagationSettings, asService, correctSlice, propagateBox3d
 
 
@@ -186,7 +187,8 @@ def simulate3d(serviceOrEngine, source, truthKji, axis: int = 2, clickBudget: in
     goes to the slice with the lowest Dice (its largest error region); the
     slice is re-decoded with its clicks (and the current mask's box, or the
     ROI box where the mask is empty) and re-propagated locally with
-    correctSlice. Returns a Simulation3d; deterministic for a given seed.
+    correctSlice (SAM 2-family engines: with their memory, memorypropagation.py).
+    Returns a Simulation3d; deterministic for a given seed.
     """
     service = asService(serviceOrEngine)
     truthKji = np.asarray(truthKji, bool)
@@ -196,7 +198,8 @@ def simulate3d(serviceOrEngine, source, truthKji, axis: int = 2, clickBudget: in
         x0, y0, x1, y1 = (int(round(v)) for v in box)
         footprint[y0:y1 + 1, x0:x1 + 1] = True
         box = boxFromMask(footprint, jitterMm, source.pixelSpacing(axis), np.random.default_rng(seed))
-    result = propagateBox3d(service, source, axis, box, sliceRange, settings)
+    memory = usesMemoryPropagation(service)  # SAM 2 family: propagate and correct with the model's memory
+    result = (propagateBox3dWithMemory if memory else propagateBox3d)(service, source, axis, box, sliceRange, settings)
     predicted = result.toVolumeMask(source)
     dices, clicks, clicksBySlice = [dice(predicted, truthKji)], [], {}
     for _ in range(clickBudget):
@@ -214,7 +217,8 @@ def simulate3d(serviceOrEngine, source, truthKji, axis: int = 2, clickBudget: in
         points = clicksBySlice[worst]
         prompts = Prompts(boxXyxy=None if current.any() else box, pointsXy=[p[:2] for p in points],
                           pointLabels=[p[2] for p in points])
-        result = correctSlice(service, source, axis, result, worst, prompts, settings)
+        result = (correctWithMemory if memory else correctSlice)(service, source, axis, result, worst, prompts,
+                                                                 settings)
         predicted = result.toVolumeMask(source)
         dices.append(dice(predicted, truthKji))
     return Simulation3d(dices, numberOfClicks(dices, 0.85, clickBudget), numberOfClicks(dices, 0.90, clickBudget),
