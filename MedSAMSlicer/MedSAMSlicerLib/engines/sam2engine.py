@@ -21,17 +21,15 @@ imported at first use; never imports slicer.
 """
 
 import logging
-import threading
 import warnings
 from typing import Optional, Sequence
 
 import numpy as np
 
-from .base import DecodeResult, Engine, Prompts, SliceEmbedding
-from .samengine import _asRgb, checkpointDigest
-from .devices import autocastContext, batchSizeForMemory, chooseDevice, emptyDeviceCache, isOutOfMemory
+from .base import DecodeResult, Prompts, SliceEmbedding
+from .devices import autocastContext, chooseDevice
+from .torchengine import TorchEngine, asRgb, checkPromptsOnImage, checkpointDigest
 from ..core.errors import InputError, PromptError
-from ..core.progress import ProgressCallback, reportProgress
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +42,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 FEATURE_LEVELS = ("highRes0", "highRes1", "lowRes")
 
 
-class Sam2Engine(Engine):
+class Sam2Engine(TorchEngine):
     """A SAM 2.1-family checkpoint (SAM 2.1 Hiera t/s/b+/l, MedSAM2) with its preprocessing recipe.
 
     checkpointPath: .pt file ({"model": state_dict}); or pass a built sam2
@@ -54,6 +52,9 @@ class Sam2Engine(Engine):
     modelId: cache identity (default "<modelName or recipe_architecture>:<first
     12 hex of the file's SHA-256>"). batchSize: slices per encoder pass (default
     from free GPU memory; 1 on a CPU). mixedPrecision: bf16 autocast on CUDA.
+    An embedding's features are a dict of fp16 tensors on the engine's device:
+    "highRes0" (C/8, S/4, S/4), "highRes1" (C/4, S/8, S/8), "lowRes" (C, S/16,
+    S/16) for input size S; encode is TorchEngine's (out-of-memory safe).
     Raises CheckpointError (bad file), InputError (bad recipe/device, a model
     built for another input size), DependencyError (no torch or sam2).
     """
@@ -83,45 +84,15 @@ class Sam2Engine(Engine):
             identity = f"mem{id(model):x}"
         self.architecture = architecture or info.name
         self.info = info
-        self.fallbackMessage: Optional[str] = None
         self.model = self._placeModel(model.eval())
         self.modelId = modelId or f"{modelName or f'{recipe}_{self.architecture}'}:{identity}"
         self.displayName = displayName or f"{'MedSAM2' if recipe == 'medsam2' else 'SAM 2.1'} ({self.architecture})"
-        self.batchSize = batchSize
+        self._initEncoding(batchSize)
         self.mixedPrecision = mixedPrecision
-        self._batchCap: Optional[int] = None
-        self._fallbackLock = threading.Lock()
         self._constants: dict = {}  # per-device positional encodings, dense PE (constant for one input size)
         self._transforms = None  # sam2's SAM2Transforms, made at the first "sam2" encode
 
     # ----------------------------------------------------------------- device
-
-    def _placeModel(self, model):
-        """The model on the engine's device; on a GPU too small for the weights, kept on the CPU with a warning."""
-        try:
-            return model.to(self._device)
-        except Exception as exc:
-            if not isOutOfMemory(exc) or self._device == "cpu":
-                raise
-            self._noteFallback(f"The model does not fit in the memory of the GPU ({self._device}); it runs on the "
-                               "CPU, which is slower. Close other GPU programs or choose a smaller model.")
-            emptyDeviceCache(self._device)
-            self._device = "cpu"
-            return model.to("cpu")
-
-    def _accelerated(self) -> bool:
-        """True while computing on a GPU (there is a CPU to fall back to)."""
-        return self._device != "cpu"
-
-    def _noteFallback(self, message: str) -> None:
-        self.fallbackMessage = message
-        logger.warning(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=4)
-
-    @property
-    def device(self) -> str:
-        """Where the engine computes now ("cuda", "mps", "cpu"); "cpu" after an out-of-memory fallback."""
-        return self._device
 
     def autocast(self):
         """The mixed-precision context of this engine (bf16 on CUDA when enabled; a no-op on CPU and MPS)."""
@@ -137,61 +108,14 @@ class Sam2Engine(Engine):
 
     # ----------------------------------------------------------------- encode
 
-    def encode(self, images: Sequence[np.ndarray], progress: Optional[ProgressCallback] = None) -> list:
-        """Encode slice images (float32 (H, W) or (H, W, 3) in [0, 1]) into SliceEmbeddings, in batches.
+    def _estimatedBytesPerSlice(self) -> int:
+        """Peak encoder memory per slice: Hiera's global-attention scores at stride 16 dominate."""
+        tokens = (self.imgSize // 16) ** 2
+        return 8 * tokens * tokens * 4 + 64 * self.imgSize ** 2 * 4
 
-        Each embedding's features are a dict of fp16 tensors on the engine's
-        device: "highRes0" (C/8, S/4, S/4), "highRes1" (C/4, S/8, S/8), "lowRes"
-        (C, S/16, S/16) for input size S. A GPU out-of-memory error halves the
-        batch, then moves the engine to the CPU with a warning (``fallbackMessage``).
-        Raises InputError for an image of the wrong shape.
-        """
-        images = list(images)
-        sizes = [_checkImage(image, index) for index, image in enumerate(images)]
-        embeddings: list = []
-        batch, start = self._currentBatchSize(), 0
-        while start < len(images):
-            chunk = images[start:start + batch]
-            try:
-                embeddings.extend(self._encodeBatch(chunk, sizes[start:start + batch]))
-            except Exception as exc:
-                if not isOutOfMemory(exc):
-                    raise
-                batch = self._recoverFromOutOfMemory(batch, exc)
-                continue
-            start += len(chunk)
-            reportProgress(progress, start / len(images), f"Encoded {start} of {len(images)} slices")
-        return embeddings
-
-    def _currentBatchSize(self) -> int:
-        if self.batchSize is not None:
-            size = max(1, int(self.batchSize))
-        else:
-            # Hiera's global-attention blocks dominate peak memory: heads x tokens^2 scores at stride 16.
-            tokens = (self.imgSize // 16) ** 2
-            size = batchSizeForMemory(self._device, 8 * tokens * tokens * 4 + 64 * self.imgSize ** 2 * 4)
-        return min(size, self._batchCap) if self._batchCap else size
-
-    def _recoverFromOutOfMemory(self, batch: int, exc: BaseException) -> int:
-        """Halve the batch after an OOM; at one slice move to the CPU. Returns the batch to retry with."""
-        emptyDeviceCache(self._device)
-        if batch > 1:
-            self._batchCap = max(1, batch // 2)
-            logger.warning("Out of memory encoding %d slices on %s; retrying with %d.", batch, self._device,
-                           self._batchCap)
-            return self._batchCap
-        if not self._accelerated():
-            raise InputError("Not enough memory to encode even one slice on the CPU. Close other programs, "
-                             "or use smaller images or a smaller model.") from exc
-        with self._fallbackLock:
-            previous = self._device
-            self._noteFallback(f"The GPU ({previous}) ran out of memory even for one slice "
-                               f"({str(exc).splitlines()[0][:120]}); MedSAMSlicer continues on the CPU, which is "
-                               "slower. Close other GPU programs or choose a smaller model, then reload the model.")
-            self.model.to("cpu")
-            self._device, self._batchCap = "cpu", None
-        emptyDeviceCache(previous)
-        return 1
+    def _afterFallback(self) -> None:
+        """After an out-of-memory fallback to the CPU: the per-device constants are made again there."""
+        self._constants.clear()
 
     def _encodeBatch(self, images: Sequence[np.ndarray], sizes: Sequence[tuple]) -> list:
         torch = self._torch
@@ -211,7 +135,7 @@ class Sam2Engine(Engine):
 
     def modelInput(self, image: np.ndarray):
         """The (3, S, S) float32 CPU tensor the image encoder gets for one slice image, per the recipe."""
-        rgb = _asRgb(image)
+        rgb = asRgb(image)
         if self.recipe == "medsam2":
             return self._medsam2Input(rgb)
         if self._transforms is None:
@@ -282,7 +206,7 @@ class Sam2Engine(Engine):
         """
         torch = self._torch
         height, width = embedding.imageSize
-        _checkPromptsOnImage(prompts, height, width)
+        checkPromptsOnImage(prompts, height, width)
         coords, labels = prompts.pointsXy.astype(np.float64), prompts.pointLabels.astype(np.int64)
         if prompts.boxXyxy is not None:
             coords = np.concatenate([np.asarray(prompts.boxXyxy, np.float64).reshape(2, 2), coords])
@@ -317,28 +241,4 @@ class Sam2Engine(Engine):
         from .sam2memory import Sam2MemorySession
 
         return Sam2MemorySession(self, sliceCount, maxMemoryFrames)
-
-
-def _checkImage(image, index: int) -> tuple:
-    shape = np.shape(image)
-    if (len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3))) and shape[0] >= 1 and shape[1] >= 1:
-        return (int(shape[0]), int(shape[1]))
-    raise InputError(f"Slice image {index} has shape {shape}; the engine needs (H, W) grayscale or "
-                     "(H, W, 3) colour. Pick a 2D slice of a scalar or RGB volume.")
-
-
-def _checkPromptsOnImage(prompts: Prompts, height: int, width: int) -> None:
-    if prompts.isEmpty:
-        raise PromptError("No prompt given: draw a box or click at least one point on the slice.")
-    if prompts.boxXyxy is not None:
-        x0, y0, x1, y1 = prompts.boxXyxy
-        if x1 < -0.5 or y1 < -0.5 or x0 > width - 0.5 or y0 > height - 0.5:
-            raise PromptError(f"The box {prompts.boxXyxy} lies entirely off the {width}x{height} slice; "
-                              "draw it on the image.")
-        return
-    points = prompts.pointsXy
-    inside = ((points[:, 0] >= -0.5) & (points[:, 0] <= width - 0.5)
-              & (points[:, 1] >= -0.5) & (points[:, 1] <= height - 0.5))
-    if not inside.any():
-        raise PromptError(f"Every point lies off the {width}x{height} slice; click on the image.")
 
