@@ -18,11 +18,11 @@ torch and sam2 are imported at first use only.
 """
 
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Tuple
 
+from .checkpoints import _blockIndexes, _shape
 from ..core.errors import CheckpointError, DependencyError
 
 logger = logging.getLogger(__name__)
@@ -117,14 +117,8 @@ def isSam2StateDict(stateDict: Mapping) -> bool:
 
 
 def _count(stateDict: Mapping, prefix: str) -> int:
-    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
-    indexes = {int(m.group(1)) for key in stateDict for m in [pattern.match(key)] if m}
-    return max(indexes) + 1 if indexes else 0
-
-
-def _shape(stateDict: Mapping, key: str) -> Optional[tuple]:
-    value = stateDict.get(key)
-    return tuple(value.shape) if value is not None and hasattr(value, "shape") else None
+    indexes = _blockIndexes(stateDict, prefix)
+    return indexes[-1] + 1 if indexes else 0
 
 
 def detectSam2Architecture(stateDict: Mapping) -> Sam2ArchitectureInfo:
