@@ -16,7 +16,7 @@ import numpy as np
 
 from .options import AXES
 from ..core.errors import DownloadError, InputError, PromptError
-from ..mrml.imageio import checkOutputPath, readImage, writeLabelmap, writeSegmentation
+from ..mrml.imageio import checkOutputHoldsGeometry, checkOutputPath, readImage, writeLabelmap, writeSegmentation
 from ..mrml.volumegeometry import dimensionsIjk, ijkToRas, ijkToWorld, rasToIjk
 
 WEIGHT_FREE_MODEL = "growcut"
@@ -61,6 +61,11 @@ def resolveModel(value):
         return name, None, note
     if os.path.isfile(value):
         return "custom", os.path.abspath(value), None
+    if os.path.isdir(value):
+        raise InputError(f"--model {value} is a folder: give the checkpoint file (.pth) inside it, or a model name "
+                         f"({', '.join(registry.modelNames())}).")
+    if os.path.exists(value):
+        raise InputError(f"--model {value} is not a regular file (a pipe, device or socket): give a checkpoint file.")
     if os.sep in value or value.lower().endswith((".pth", ".pt", ".ckpt", ".bin")):
         raise InputError(f"checkpoint file {value} not found: check the path, or give a model name "
                          f"({', '.join(registry.modelNames())}).")
@@ -209,6 +214,7 @@ def runSegment(args) -> int:
     model = resolveModel(args.model)
     scene = newScene(args)
     volumeNode = readImage(args.image, scene, args.volume_index)
+    checkOutputHoldsGeometry(args.out, volumeNode)  # a skewed grid in NIfTI: refused now, not after segmenting
     axis = AXES[args.axis]
     roi, positive, negative = addPromptNodes(scene, volumeNode, args.prompts, axis)
     logic = createLogic(scene, volumeNode, model, args.device)
