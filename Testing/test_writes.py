@@ -32,7 +32,8 @@ def cliEnvironment(tmp_path, **extra):
 
 @pytest.fixture
 def fullDisk(tmp_path):
-    """A folder on a 1 MiB tmpfs filled to the last byte; skips where mounting is not allowed."""
+    """A folder on a 1 MiB tmpfs filled up to its last page (4 KiB free: a write starts, then fails half-way);
+    skips where mounting is not allowed."""
     folder = tmp_path / "full"
     folder.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True)
@@ -45,20 +46,22 @@ def fullDisk(tmp_path):
                     stream.write(b"\0" * 4096)
             except OSError:  # ENOSPC: the disk is full
                 pass
+        os.truncate(folder / "filler", os.path.getsize(folder / "filler") - 4096)
         yield folder
     finally:
         subprocess.run(["umount", str(folder)], capture_output=True)
 
 
-def segmentArguments(tmp_path, out):
-    _, truth = writeEllipsoid(tmp_path / "volume.nrrd")
+def segmentArguments(tmp_path, out, shapeKji=(18, 40, 56)):
+    _, truth = writeEllipsoid(tmp_path / "volume.nrrd", shapeKji=shapeKji)
     return ["segment", tmp_path / "volume.nrrd", "--out", out, "--box", boxText(truth), "--propagate", "--model", "growcut"]
 
 
 @pytest.mark.parametrize("outputName", OUTPUTS)
 def test_full_disk_is_an_error_and_leaves_nothing(runCli, tmp_path, fullDisk, outputName):
     before = sorted(os.listdir(fullDisk))
-    done = runCli(*segmentArguments(tmp_path, fullDisk / outputName))
+    # Every output of this volume is over 4 KiB (the smallest, .nii.gz, about 4.8 KiB): it cannot fit.
+    done = runCli(*segmentArguments(tmp_path, fullDisk / outputName, shapeKji=(40, 96, 128)))
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2, done.stderr
     assert "wrote" not in done.stdout
@@ -186,6 +189,24 @@ def test_skewed_input_with_nifti_output_is_refused_before_segmenting(runCli, tmp
     assert done.returncode == 0, done.stderr
     written = sitk.ReadImage(str(tmp_path / "out" / "mask.nrrd"))
     np.testing.assert_allclose(written.GetDirection(), skewed.GetDirection(), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["volume.nii.gz", "volume.nrrd", "volume.mha"])
+def test_float_volume_with_nan_and_inf_round_trips(scene, tmp_path, name):
+    """The read-back check compares NaN with NaN: a volume with non-finite voxels writes and reads back whole."""
+    import slicer
+
+    from MedSAMSlicerLib.mrml import imageio
+
+    voxels = np.random.default_rng(1).normal(0, 1, (4, 6, 7)).astype(np.float32)
+    voxels[1, 2, 3], voxels[2, 3, 4], voxels[3, 0, 0] = np.nan, np.inf, -np.inf
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+    slicer.util.updateVolumeFromArray(node, voxels)
+    imageio.writeVolume(node, str(tmp_path / name))
+    warnings = []
+    again = imageio.readImage(str(tmp_path / name), scene, warn=warnings.append)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(again), voxels)
+    assert "1 NaN voxels and 2 infinite voxels" in warnings[0]
 
 
 def test_api_write_to_full_disk_raises_and_leaves_nothing(scene, fullDisk):

@@ -22,15 +22,17 @@ from ..core.atomicfiles import lowerExtension, writeFailure
 from ..core.errors import InputError
 
 NIFTI_EXTENSIONS = (".nii", ".nii.gz", ".hdr")
+#: NIfTI datatype codes of float voxels (FLOAT32, FLOAT64) and their numpy types.
+NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
 DICOM_MAGIC_OFFSET = 128
 #: Slice gaps of a DICOM series may differ by this fraction of the median gap (scanner rounding), plus 0.01 mm.
 SLICE_GAP_TOLERANCE = 0.01
 #: Largest movement of a voxel corner (fraction of the smallest voxel size) a write may cause before it is refused.
 CORNER_TOLERANCE_VOXELS = 0.01
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
-_NIFTI1 = {"size": 348, "dim": (40, "8h"), "bitpix": (72, "h"), "pixdim": (76, "8f"), "voxOffset": (108, "f"),
+_NIFTI1 = {"size": 348, "datatype": (70, "h"), "dim": (40, "8h"), "bitpix": (72, "h"), "pixdim": (76, "8f"), "voxOffset": (108, "f"),
            "codes": (252, "2h"), "quatern": (256, "6f"), "srow": (280, "12f"), "magic": (344, 4)}
-_NIFTI2 = {"size": 540, "dim": (16, "8q"), "bitpix": (14, "h"), "pixdim": (104, "8d"), "voxOffset": (168, "q"),
+_NIFTI2 = {"size": 540, "datatype": (12, "h"), "dim": (16, "8q"), "bitpix": (14, "h"), "pixdim": (104, "8d"), "voxOffset": (168, "q"),
            "codes": (344, "2i"), "quatern": (352, "6d"), "srow": (400, "12d"), "magic": (4, 8)}
 
 
@@ -54,10 +56,10 @@ def readNiftiHeader(path) -> Optional[dict]:
 
 def _niftiFields(raw, layout, order) -> dict:
     fields = {key: struct.unpack_from(order + layout[key][1], raw, layout[key][0])
-              for key in ("dim", "bitpix", "pixdim", "voxOffset", "codes", "quatern", "srow")}
+              for key in ("datatype", "dim", "bitpix", "pixdim", "voxOffset", "codes", "quatern", "srow")}
     offset, length = layout["magic"]
     magic = raw[offset:offset + length]
-    return {"dim": fields["dim"], "bitpix": fields["bitpix"][0], "pixdim": fields["pixdim"],
+    return {"order": order, "datatype": fields["datatype"][0], "dim": fields["dim"], "bitpix": fields["bitpix"][0], "pixdim": fields["pixdim"],
             "voxOffset": int(fields["voxOffset"][0]), "qformCode": fields["codes"][0], "sformCode": fields["codes"][1],
             "quatern": fields["quatern"], "srow": fields["srow"], "singleFile": magic[:3] in (b"n+1", b"n+2")}
 
@@ -98,6 +100,42 @@ def checkNiftiFile(path, name: Optional[str] = None) -> None:
             else "its compressed data is damaged"
         raise InputError(f"{name} is incomplete or corrupt: {found}. The file was probably cut short (an "
                          "interrupted copy, download or save): copy or export it again.")
+
+
+def restoreNonFiniteNifti(image, path):
+    """``image`` (read by ITK from NIfTI file ``path``) with its NaN and infinite voxels put back.
+
+    ITK's NIfTI reader (nifticlib's nifti_read_buffer) replaces every NaN and
+    infinite float voxel with 0 without a word: 0 is a real intensity (water in
+    CT), so the caller could neither warn nor keep them out of the model. Only
+    scalar float images are affected; others are returned as they are.
+    """
+    import SimpleITK as sitk
+
+    header = readNiftiHeader(path)
+    dtype = NIFTI_FLOAT_TYPES.get(header["datatype"]) if header else None
+    if dtype is None or image.GetNumberOfComponentsPerPixel() != 1:
+        return image
+    dataPath = path if header["singleFile"] else _niftiImageFile(path)
+    count = int(image.GetNumberOfPixels())
+    fileValues = np.frombuffer(_payload(dataPath, header["voxOffset"], count * np.dtype(dtype).itemsize),
+                               np.dtype(dtype).newbyteorder(header["order"]))
+    bad = np.flatnonzero(~np.isfinite(fileValues))
+    if len(bad) == 0 or len(fileValues) != count:
+        return image
+    voxels = sitk.GetArrayFromImage(image)
+    voxels.reshape(-1)[bad] = fileValues[bad]  # NIfTI and ITK both store i fastest: the same flat order
+    restored = sitk.GetImageFromArray(voxels)
+    restored.CopyInformation(image)
+    return restored
+
+
+def _payload(path, offset, length) -> bytes:
+    """``length`` bytes of a (possibly gzip-compressed) file from ``offset``."""
+    opener = gzip.open if str(path).lower().endswith(".gz") else open
+    with opener(path, "rb") as stream:
+        stream.seek(offset)
+        return stream.read(length)
 
 
 def _niftiImageFile(headerPath) -> Optional[str]:
@@ -211,9 +249,12 @@ def verifyWrittenImage(writtenPath, path, ijkToRas=None, shapeIjk=None, voxels=N
     import SimpleITK as sitk
 
     try:
-        if lowerExtension(path) in NIFTI_EXTENSIONS:
+        nifti = lowerExtension(path) in NIFTI_EXTENSIONS
+        if nifti:
             checkNiftiFile(writtenPath)
         image = sitk.ReadImage(str(writtenPath))
+        if nifti:
+            image = restoreNonFiniteNifti(image, writtenPath)
     except (InputError, RuntimeError):
         raise writeFailure(path, "the file read back is incomplete") from None
     if shapeIjk is not None:

@@ -29,8 +29,8 @@ import numpy as np
 from ..core.atomicfiles import atomicOutput, checkOutputLocation, writeFailure  # noqa: F401 (atomicOutput: API)
 from ..core.errors import InputError
 from ..imaging.fileintegrity import (NIFTI_EXTENSIONS, checkDicomSeries, checkFormatHoldsGeometry,
-                                     checkImageGeometry, checkNiftiFile, lowerExtension, sitkIjkToRas,
-                                     verifyWrittenImage)
+                                     checkImageGeometry, checkNiftiFile, lowerExtension, restoreNonFiniteNifti,
+                                     sitkIjkToRas, verifyWrittenImage)
 
 IMAGE_2D_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 SEGMENTATION_EXTENSIONS = (".seg.nrrd",)
@@ -138,10 +138,11 @@ def _readImageFile(path, scene, volumeIndex):
 
 
 def _readSitkChecked(path):
-    """_readSitk after the checks ITK's readers skip (a NIfTI file cut short is read as zeros)."""
-    if lowerExtension(path) in NIFTI_EXTENSIONS:
-        checkNiftiFile(path)
-    return _readSitk(path)
+    """_readSitk after the checks ITK's readers skip: a NIfTI file cut short (read as zeros), its NaN voxels (read as 0)."""
+    if lowerExtension(path) not in NIFTI_EXTENSIONS:
+        return _readSitk(path)
+    checkNiftiFile(path)
+    return restoreNonFiniteNifti(_readSitk(path), path)
 
 
 def _readWithPillow(path):
