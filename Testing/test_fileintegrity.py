@@ -147,12 +147,29 @@ def test_dicom_series_with_nan_free_integers_gives_no_warning(scene, tmp_path):
 
 
 def test_a_pipe_given_as_the_image_is_refused_at_once(scene, runCli, tmp_path):
-    """A FIFO would block the reader forever: refused before anything opens it."""
-    os.mkfifo(tmp_path / "image.nii.gz")
-    with pytest.raises(InputError, match="not a regular file"):
-        imageio.readImage(str(tmp_path / "image.nii.gz"), scene)
+    """A FIFO would block the reader forever: refused before anything opens it (both waits are bounded)."""
+    import threading
+
+    pipe = tmp_path / "image.nii.gz"
+    os.mkfifo(pipe)
+    outcome = []
+
+    def read():
+        try:
+            imageio.readImage(str(pipe), scene)
+            outcome.append("read")
+        except InputError as error:
+            outcome.append(str(error))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=60)
+    if reader.is_alive():  # blocked in open(): give it a writer so that the thread can end
+        os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("readImage blocked on the pipe")
+    assert outcome and "not a regular file" in outcome[0], outcome
     try:
-        done = runCli("segment", tmp_path / "image.nii.gz", "--out", tmp_path / "mask.nii.gz", "--box", "1,1,1,5,5,1")
+        done = runCli("segment", pipe, "--out", tmp_path / "mask.nii.gz", "--box", "1,1,1,5,5,1", timeout=60)
     except subprocess.TimeoutExpired:
         pytest.fail("segment blocked on the pipe")
     assert done.returncode == 2 and "not a regular file" in done.stderr, done.stderr
