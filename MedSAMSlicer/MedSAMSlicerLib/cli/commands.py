@@ -54,11 +54,7 @@ def resolveModel(value):
 
     if value is None:
         name = _defaultModelName()
-        note = None
-        if name == WEIGHT_FREE_MODEL:
-            note = ("MedSAM weights are not in the model cache (get them with `medsam-slicer download medsam`): "
-                    "using the weight-free growcut engine.")
-        return name, None, note
+        return name, None, _weightFreeNote() if name == WEIGHT_FREE_MODEL else None
     if os.path.isfile(value):
         return "custom", os.path.abspath(value), None
     if os.path.isdir(value):
@@ -75,6 +71,8 @@ def resolveModel(value):
         raise InputError(f"{error} Or give the path of a checkpoint file.") from None
     if spec.kind == "file":
         raise InputError(f"--model {value} needs a checkpoint: give its path as --model PATH.")
+    if spec.kind == "download":
+        _requireIntact(spec)
     if spec.kind == "download" and not _isCached(spec):
         raise DownloadError(f"the weights of {spec.modelId} are not downloaded: run `medsam-slicer download "
                             f"{spec.modelId}` first, or use --model growcut (weight-free).")
@@ -93,6 +91,27 @@ def _isCached(spec) -> bool:
     from ..models.download import isModelCached
 
     return isModelCached(spec)
+
+
+def _requireIntact(spec) -> None:
+    """DownloadError with the one damaged-file message when the model's cached weights are damaged."""
+    from ..models.download import requireIntactModel
+
+    requireIntactModel(spec)
+
+
+def _weightFreeNote() -> str:
+    """Why the default is the weight-free engine: MedSAM's weights are missing, or damaged (then the way out)."""
+    from ..models.download import DAMAGED, cacheStatus, damagedModelMessage
+    from ..models.enginefactory import DEFAULT_SAM_MODEL
+    from ..models.registry import getModelSpec
+
+    spec = getModelSpec(DEFAULT_SAM_MODEL)
+    status, problem = cacheStatus(spec)
+    if status == DAMAGED:
+        return f"{damagedModelMessage(spec, problem)} Meanwhile using the weight-free growcut engine."
+    return ("MedSAM weights are not in the model cache (get them with `medsam-slicer download medsam`): "
+            "using the weight-free growcut engine.")
 
 
 def announceModel(model) -> None:
@@ -274,14 +293,17 @@ def segmentSummary(logic, maskKji, axis, writeSeconds, totalSeconds) -> dict:
 
 def runModels(args) -> int:
     """`models`: the registry with each model's cache status (and --json)."""
-    from ..models.download import isModelCached, modelCacheFolder, modelPath
+    from ..models.download import CACHED, DAMAGED, cacheStatus, modelCacheFolder, modelPath
     from ..models.registry import loadRegistry
 
     rows = []
     for spec in loadRegistry().values():
         if spec.kind == "download":
-            cached = isModelCached(spec)
+            state, problem = cacheStatus(spec)
+            cached = state == CACHED
             status = f"cached at {modelPath(spec)}" if cached else f"not downloaded ({_megabytes(spec.sizeBytes)})"
+            if state == DAMAGED:
+                status = f"DAMAGED ({problem}): run `medsam-slicer download {spec.modelId} --force`"
         else:
             cached = None
             status = "weight-free, always available" if spec.kind == "builtin" else "your checkpoint: --model PATH"
@@ -334,16 +356,27 @@ class StderrProgress:
 
 
 def runDownload(args) -> int:
-    """`download MODEL`: fetch a registry model's weights into the cache (resumes, verifies SHA-256)."""
-    from ..models.download import ensureModel, isModelCached, modelPath
+    """`download MODEL [--force]`: fetch a registry model's weights into the cache (resumes, verifies SHA-256).
+
+    A cached file that is damaged (another size or SHA-256) is an error with the
+    way out unless --force, which downloads the model again whatever is cached.
+    """
+    from ..models.download import (CACHED, DAMAGED, cacheStatus, clearModelCache, damagedModelMessage, ensureModel,
+                                   modelPath, prepareCacheFolder)
     from ..models.registry import getModelSpec
 
     spec = getModelSpec(args.model)
     if spec.kind != "download":
         raise InputError(f"{spec.modelId} has nothing to download ({'weight-free' if spec.kind == 'builtin' else 'you give its file'}).")
-    if isModelCached(spec):
-        print(f"{spec.modelId} is already in the cache: {modelPath(spec)}")
+    prepareCacheFolder(modelPath(spec).parent)
+    status, problem = cacheStatus(spec)
+    if status == CACHED and not args.force:
+        print(f"{spec.modelId} is already in the cache (size and SHA-256 checked): {modelPath(spec)}")
         return 0
+    if status == DAMAGED and not args.force:
+        raise DownloadError(damagedModelMessage(spec, problem))
+    if args.force:
+        clearModelCache(spec)
     info(f"downloading {spec.displayName} ({_megabytes(spec.sizeBytes)}) to {modelPath(spec).parent}")
     progress = StderrProgress(f"downloading {spec.fileName}", pipedLines=True)
     try:

@@ -5,7 +5,7 @@
                   [--propagate] [--model NAME|PATH] [--device auto|cuda|mps|cpu] [--json] [--debug]
     medsam-slicer evaluate IMAGE LABEL [--label N] [--model ...] [--clicks N] [--json]
     medsam-slicer models
-    medsam-slicer download MODEL
+    medsam-slicer download MODEL [--force]
     medsam-slicer demo [--out DIR]
 
 This file only parses and checks arguments (fast: no torch, no slicer import);
@@ -205,6 +205,8 @@ def buildParser() -> argparse.ArgumentParser:
 
     download = sub.add_parser("download", help="download a model's weights into the cache (resumes, checks SHA-256)")
     download.add_argument("model", metavar="MODEL")
+    download.add_argument("--force", action="store_true",
+                          help="download again even if the cache holds the file (replaces a damaged file)")
     _addCommonOptions(download)
 
     demo = sub.add_parser("demo", help="segment a generated CT-like volume from one box and report Dice and time")
