@@ -20,6 +20,7 @@ import time
 from typing import Callable, Optional
 
 from ..core.errors import InputError, MedSAMError
+from . import logicchecks as checks
 from .logicjobs import CorrectionJob, PostprocessOptions, PropagationJob, SegmentationResult, SliceJob
 from .logicobservers import DEBOUNCE_MS, MARKUP_EVENTS, VOLUME_EVENTS, ObservationMixin
 from ..core.progress import Signal
@@ -84,8 +85,12 @@ class MedSAMLogic(ObservationMixin):
         """
         from ..mrml.volumegeometry import sliceSourceFromVolume
 
+        from ..imaging.intensity import IntensityPolicy
+
         if volumeNode is None:
             raise InputError("No volume given: load or select a volume first.")
+        checks.requireNode(volumeNode, checks.VOLUME_CLASSES, "volume", self.scene)
+        checks.requireInstance(policy, IntensityPolicy, "intensity policy")
         source = sliceSourceFromVolume(volumeNode, policy)
         self._removeObservers(self._volumeObservers)
         self._clearPreview()
@@ -105,8 +110,13 @@ class MedSAMLogic(ObservationMixin):
         seconds). Raises CheckpointError / DependencyError / InputError with
         what to do. Returns the engine.
         """
+        import os
+
         from ..models.enginefactory import createEngine
 
+        checks.requireInstance(name, (str, os.PathLike), "model name or checkpoint path")
+        checks.requireInstance(device, str, "device")
+        checks.requireInstance(checkpointPath, (str, os.PathLike), "checkpoint path")
         self.setEngine(createEngine(name, device=device, checkpointPath=checkpointPath))
         return self.engine
 
@@ -123,6 +133,7 @@ class MedSAMLogic(ObservationMixin):
 
         if engine is self.engine:
             return
+        checks.requireEngine(engine)
         if self._cache is None:
             self._cache = EmbeddingCache()
         if self.service is not None:
@@ -140,6 +151,8 @@ class MedSAMLogic(ObservationMixin):
         from ..mrml.segmentwriter import createSegmentationNode
 
         self._requireVolume()
+        checks.requireNode(segmentationNode, ("vtkMRMLSegmentationNode",), "segmentation", self.scene)
+        checks.requireInstance(segmentId, str, "segment ID")
         if segmentationNode is None:
             segmentationNode, created = createSegmentationNode(self.volumeNode)
             segmentId = segmentId or created
@@ -162,6 +175,7 @@ class MedSAMLogic(ObservationMixin):
     def setSegmentEditorNode(self, segmentEditorNode):
         """Take masking settings (editable area, overwrite other segments, intensity range) from this
         vtkMRMLSegmentEditorNode at every apply; the widget passes Slicer's own. None: the Logic's defaults."""
+        checks.requireNode(segmentEditorNode, ("vtkMRMLSegmentEditorNode",), "segment editor node", self.scene)
         self.segmentEditorNode = segmentEditorNode
         if self.writer is not None:
             self.writer.settingsNode = segmentEditorNode
@@ -172,6 +186,9 @@ class MedSAMLogic(ObservationMixin):
         A change of any of them schedules a preview update (see scheduleCallback
         and processPendingUpdates) when autoUpdate is on.
         """
+        checks.requireNode(roiNode, ("vtkMRMLMarkupsROINode",), "ROI", self.scene)
+        for node, role in ((positiveNode, "positive points"), (negativeNode, "negative points")):
+            checks.requireNode(node, ("vtkMRMLMarkupsFiducialNode",), role, self.scene)
         self._removeObservers(self._markupObservers)
         self.roiNode, self.positiveNode, self.negativeNode = roiNode, positiveNode, negativeNode
         for node in (roiNode, positiveNode, negativeNode):
@@ -180,9 +197,7 @@ class MedSAMLogic(ObservationMixin):
 
     def setAxis(self, axis):
         """Segment slices across IJK axis ``axis`` (0 = I, 1 = J, 2 = K); forgets any slice view."""
-        if axis not in (0, 1, 2):
-            raise InputError(f"Slice axis must be 0 (I), 1 (J) or 2 (K), got {axis!r}.")
-        self.axis, self.sliceNode = int(axis), None
+        self.axis, self.sliceNode = checks.requireAxis(axis), None
 
     def setSliceNode(self, sliceNode):
         """Segment in the plane of slice view ``sliceNode``: its axis now, its current slice inside a 3D box.
@@ -192,6 +207,7 @@ class MedSAMLogic(ObservationMixin):
         from ..mrml.volumegeometry import axisFromSliceNode
 
         self._requireVolume()
+        checks.requireNode(sliceNode, ("vtkMRMLSliceNode",), "slice view", self.scene, optional=False)
         self.axis = axisFromSliceNode(self.volumeNode, sliceNode)
         self.sliceNode = sliceNode
 
@@ -214,7 +230,11 @@ class MedSAMLogic(ObservationMixin):
         defaults). sliceRange: inclusive (k0, k1) along the axis; by default a 3D
         box's slices, else the whole volume.
         """
+        from .propagation import PropagationSettings
+
+        checks.requireInstance(settings, PropagationSettings, "propagation settings")
         promptSet = self._promptSet(None)
+        sliceRange = checks.requireSliceRange(sliceRange, self.source.sliceCount(self.axis))
         sliceRange = sliceRange if sliceRange is not None else promptSet.sliceRange
         return PropagationJob(self._ensureService(), self.source, self.axis, promptSet, self.postprocess,
                               settings if settings is not None else self.propagationSettings, sliceRange)
@@ -287,6 +307,7 @@ class MedSAMLogic(ObservationMixin):
         Synchronous form of preparePropagation + run + showResult; returns the
         PropagationResult. ``cancel``: a CancelToken (CancelledError, nothing shown).
         """
+        checks.requireCancelToken(cancel)
         result = self.preparePropagation(settings, sliceRange).run(self.progress.emit, cancel)
         self.showResult(result)
         return result.propagation
@@ -309,6 +330,7 @@ class MedSAMLogic(ObservationMixin):
         segmentation is created when none was set. Raises InputError when there
         is no preview.
         """
+        self._requireVolume()
         if self.lastResult is None:
             raise InputError("Nothing to apply: segment a slice or propagate first.")
         if self.segmentationNode is None:
@@ -326,7 +348,9 @@ class MedSAMLogic(ObservationMixin):
         return extent
 
     def undo(self):
-        """Undo the last apply (the segment is restored bit for bit); returns False when there was nothing to undo."""
+        """Undo the last apply (the segment is restored bit for bit); returns False when there was nothing to undo
+        (also when the segmentation was removed from the scene: its history went with it)."""
+        checks.forgetRemovedNodes(self)
         if self.writer is None or not self.writer.canUndo:
             return False
         self.writer.undo()
@@ -336,6 +360,7 @@ class MedSAMLogic(ObservationMixin):
     @property
     def canUndo(self):
         """True when apply() can be undone."""
+        checks.forgetRemovedNodes(self)
         return self.writer is not None and self.writer.canUndo
 
     def clear(self):
@@ -365,6 +390,9 @@ class MedSAMLogic(ObservationMixin):
         """
         service = self._ensureService()
         count = self.source.sliceCount(self.axis)
+        sliceRange = checks.requireSliceRange(sliceRange, count)
+        if aroundIndex is not None:
+            checks.requireInteger(aroundIndex, "slice to start around", 0, count - 1)
         k0, k1 = sliceRange if sliceRange is not None else (0, count - 1)
         indices = range(max(0, int(k0)), min(count - 1, int(k1)) + 1)
         return service.prefetch(self.source, self.axis, indices, progress=progress, aroundIndex=aroundIndex)
@@ -373,8 +401,7 @@ class MedSAMLogic(ObservationMixin):
         """Keep at most ``maxBytes`` of slice embeddings in memory (least recently used are evicted beyond)."""
         from ..embeddings.cache import EmbeddingCache
 
-        if int(maxBytes) <= 0:
-            raise InputError(f"The embedding cache budget must be positive, got {maxBytes} bytes.")
+        checks.requirePositiveNumber(maxBytes, "embedding cache budget (bytes)")
         if self._cache is None:
             self._cache = EmbeddingCache(maxBytes=int(maxBytes))
         self._cache.maxBytes = int(maxBytes)
@@ -401,8 +428,10 @@ class MedSAMLogic(ObservationMixin):
     # ------------------------------------------------------------------ internals
 
     def _requireVolume(self):
+        removed = checks.forgetRemovedNodes(self)
         if self.volumeNode is None or self.source is None:
-            raise InputError("No volume set: call setVolume(volumeNode) (select a volume) first.")
+            gone = "The volume was removed from the scene" if "volume" in removed else "No volume set"
+            raise InputError(f"{gone}: call setVolume(volumeNode) (select a volume) first.")
 
     def _ensureService(self):
         self._requireVolume()
@@ -441,6 +470,8 @@ class MedSAMLogic(ObservationMixin):
         from ..mrml.volumegeometry import sliceIndexFromSliceNode
 
         self._requireVolume()
+        if sliceIndex is not None:
+            sliceIndex = checks.requireInteger(sliceIndex, "slice index", 0, self.source.sliceCount(self.axis) - 1)
         roi = self.roiNode if self.roiNode is not None and self.roiNode.GetNumberOfControlPoints() > 0 else None
         args = (self.volumeNode, self.source, self.axis, roi, self.positiveNode, self.negativeNode)
         promptSet = promptsFromMarkups(*args, sliceIndex=sliceIndex)
