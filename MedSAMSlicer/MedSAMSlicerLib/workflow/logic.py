@@ -59,6 +59,7 @@ class MedSAMLogic(ObservationMixin):
         self.segmentationNode = None
         self.segmentId = None
         self.segmentEditorNode = None
+        self._externalUndoSaver = None
         self.writer = None
         self.roiNode = self.positiveNode = self.negativeNode = None
         self.axis = 2
@@ -174,11 +175,20 @@ class MedSAMLogic(ObservationMixin):
 
     def setSegmentEditorNode(self, segmentEditorNode):
         """Take masking settings (editable area, overwrite other segments, intensity range) from this
-        vtkMRMLSegmentEditorNode at every apply; the widget passes Slicer's own. None: the Logic's defaults."""
+        vtkMRMLSegmentEditorNode at every apply. None (the default): Slicer's own Segment Editor node,
+        the scene's singleton tagged "SegmentEditor" (created as the Segment Editor creates it)."""
         checks.requireNode(segmentEditorNode, ("vtkMRMLSegmentEditorNode",), "segment editor node", self.scene)
         self.segmentEditorNode = segmentEditorNode
+
+    def setExternalUndoSaver(self, saver):
+        """Call ``saver(segmentationNode)`` just before each apply writes (None: no call).
+
+        The Slicer module passes one that saves the Segment Editor widget's undo
+        state, so the Segment Editor's Undo (Ctrl+Z) takes a MedSAM apply back.
+        """
+        self._externalUndoSaver = saver
         if self.writer is not None:
-            self.writer.settingsNode = segmentEditorNode
+            self.writer.externalUndoSaver = saver
 
     def setPromptNodes(self, roiNode=None, positiveNode=None, negativeNode=None):
         """Prompt with this ROI (box) and these point markups (positive, negative); observed for changes.
@@ -339,6 +349,9 @@ class MedSAMLogic(ObservationMixin):
         started = time.perf_counter()
         mode = mode or "replaceSlices"
         slices = result.sliceIndices if mode == "replaceSlices" else None
+        from ..mrml.segmenteditornode import userSegmentEditorNode
+
+        self.writer.settingsNode = self.segmentEditorNode or userSegmentEditorNode(self.scene)
         extent = self.writer.apply(self.segmentId, result.maskKji, mode, sliceAxis=result.axis, sliceIndices=slices)
         self._clearPreview()
         elapsed = time.perf_counter() - started
@@ -348,12 +361,15 @@ class MedSAMLogic(ObservationMixin):
         return extent
 
     def undo(self):
-        """Undo the last apply (the segment is restored bit for bit); returns False when there was nothing to undo
-        (also when the segmentation was removed from the scene: its history went with it)."""
+        """Undo the last apply (the segmentation is restored bit for bit); returns False when there was nothing to undo,
+        also when the segmentation left the scene (its undo history went with it).
+
+        Raises InputError, undoing nothing, when the segmentation was edited after
+        that apply (its message says to use the Segment Editor's Undo).
+        """
         checks.forgetRemovedNodes(self)
-        if self.writer is None or not self.writer.canUndo:
+        if self.writer is None or not self.writer.undo():
             return False
-        self.writer.undo()
         self.status.emit("Undone.")
         return True
 
@@ -447,6 +463,7 @@ class MedSAMLogic(ObservationMixin):
         self._requireVolume()
         if self.writer is None:
             self.writer = SegmentWriter(self.segmentationNode, self.volumeNode, self.segmentEditorNode, createSegmentation=False)
+            self.writer.externalUndoSaver = self._externalUndoSaver
         return self.writer
 
     def _refreshPreview(self):

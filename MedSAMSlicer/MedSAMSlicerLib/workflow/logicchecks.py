@@ -129,8 +129,6 @@ def forgetRemovedNodes(logic) -> list:
         if _gone(getattr(logic, attribute), logic.scene):
             setattr(logic, attribute, None)
             dropped.append(role)
-    if logic.writer is not None and logic.writer.settingsNode is not logic.segmentEditorNode:
-        logic.writer.settingsNode = logic.segmentEditorNode
     if _gone(logic.segmentationNode, logic.scene):
         logic.segmentationNode = logic.segmentId = None
         if logic.writer is not None:
