@@ -86,12 +86,9 @@ class MedSAMLogic(ObservationMixin):
         """
         from ..mrml.volumegeometry import sliceSourceFromVolume
 
-        from ..imaging.intensity import IntensityPolicy
-
         if volumeNode is None:
             raise InputError("No volume given: load or select a volume first.")
-        checks.requireNode(volumeNode, checks.VOLUME_CLASSES, "volume", self.scene)
-        checks.requireInstance(policy, IntensityPolicy, "intensity policy")
+        checks.requireVolumeArguments(self.scene, volumeNode, policy)
         source = sliceSourceFromVolume(volumeNode, policy)
         self._removeObservers(self._volumeObservers)
         self._clearPreview()
@@ -111,13 +108,9 @@ class MedSAMLogic(ObservationMixin):
         seconds). Raises CheckpointError / DependencyError / InputError with
         what to do. Returns the engine.
         """
-        import os
-
         from ..models.enginefactory import createEngine
 
-        checks.requireInstance(name, (str, os.PathLike), "model name or checkpoint path")
-        checks.requireInstance(device, str, "device")
-        checks.requireInstance(checkpointPath, (str, os.PathLike), "checkpoint path")
+        checks.requireModelArguments(name, device, checkpointPath)
         self.setEngine(createEngine(name, device=device, checkpointPath=checkpointPath))
         return self.engine
 
@@ -196,9 +189,7 @@ class MedSAMLogic(ObservationMixin):
         A change of any of them schedules a preview update (see scheduleCallback
         and processPendingUpdates) when autoUpdate is on.
         """
-        checks.requireNode(roiNode, ("vtkMRMLMarkupsROINode",), "ROI", self.scene)
-        for node, role in ((positiveNode, "positive points"), (negativeNode, "negative points")):
-            checks.requireNode(node, ("vtkMRMLMarkupsFiducialNode",), role, self.scene)
+        checks.requirePromptNodes(self.scene, roiNode, positiveNode, negativeNode)
         self._removeObservers(self._markupObservers)
         self.roiNode, self.positiveNode, self.negativeNode = roiNode, positiveNode, negativeNode
         for node in (roiNode, positiveNode, negativeNode):

@@ -11,6 +11,7 @@ segmentation. No Qt.
 
 import math
 import numbers
+import os
 
 from ..core.errors import InputError
 
@@ -41,6 +42,28 @@ def requireNode(node, classNames, role: str, scene, optional: bool = True):
         raise InputError(f"The {role} '{node.GetName()}' is not in the Logic's scene (removed, or from another "
                          "scene): select one that is in the scene.")
     return node
+
+
+def requireVolumeArguments(scene, volumeNode, policy) -> None:
+    """setVolume's arguments: a scalar or vector volume node in ``scene``, an IntensityPolicy or None."""
+    from ..imaging.intensity import IntensityPolicy
+
+    requireNode(volumeNode, VOLUME_CLASSES, "volume", scene)
+    requireInstance(policy, IntensityPolicy, "intensity policy")
+
+
+def requirePromptNodes(scene, roiNode, positiveNode, negativeNode) -> None:
+    """setPromptNodes' arguments: an ROI markup and two point lists in ``scene``, each optional."""
+    requireNode(roiNode, ("vtkMRMLMarkupsROINode",), "ROI", scene)
+    for node, role in ((positiveNode, "positive points"), (negativeNode, "negative points")):
+        requireNode(node, ("vtkMRMLMarkupsFiducialNode",), role, scene)
+
+
+def requireModelArguments(name, device, checkpointPath) -> None:
+    """setModel's arguments: a model name or path (or None), a device name, a checkpoint path or None."""
+    requireInstance(name, (str, os.PathLike), "model name or checkpoint path")
+    requireInstance(device, str, "device")
+    requireInstance(checkpointPath, (str, os.PathLike), "checkpoint path")
 
 
 def requireInteger(value, role: str, low: int, high: int) -> int:
