@@ -41,6 +41,17 @@ def test_garbage_of_the_right_size_is_damaged_and_replaced_on_request(server, ca
     assert cacheStatus(spec)[0] == DAMAGED
 
 
+def test_force_downloads_again_and_keeps_the_file_when_that_fails(server, cacheFolder):
+    spec = _spec(server.url)
+    path = ensureModel(spec)
+    assert ensureModel(spec) == path and len(server.requests) == 1  # intact: nothing fetched
+    assert ensureModel(spec, force=True) == path and len(server.requests) == 2
+    server.close()  # no server: the forced download fails, the verified file stays
+    with pytest.raises(DownloadError):
+        ensureModel(spec, force=True)
+    assert path.read_bytes() == PAYLOAD and cacheStatus(spec) == (CACHED, None)
+
+
 def test_wrong_size_is_damaged_too(server, cacheFolder):
     spec = _spec(server.url)
     cacheFolder.mkdir(parents=True)

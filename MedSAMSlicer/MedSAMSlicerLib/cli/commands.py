@@ -361,8 +361,8 @@ def runDownload(args) -> int:
     A cached file that is damaged (another size or SHA-256) is an error with the
     way out unless --force, which downloads the model again whatever is cached.
     """
-    from ..models.download import (CACHED, DAMAGED, cacheStatus, clearModelCache, damagedModelMessage, ensureModel,
-                                   modelPath, prepareCacheFolder)
+    from ..models.download import (CACHED, DAMAGED, cacheStatus, damagedModelMessage, ensureModel, modelPath,
+                                   prepareCacheFolder)
     from ..models.registry import getModelSpec
 
     spec = getModelSpec(args.model)
@@ -375,12 +375,10 @@ def runDownload(args) -> int:
         return 0
     if status == DAMAGED and not args.force:
         raise DownloadError(damagedModelMessage(spec, problem))
-    if args.force:
-        clearModelCache(spec)
     info(f"downloading {spec.displayName} ({_megabytes(spec.sizeBytes)}) to {modelPath(spec).parent}")
     progress = StderrProgress(f"downloading {spec.fileName}", pipedLines=True)
     try:
-        path = ensureModel(spec, progress=progress)
+        path = ensureModel(spec, progress=progress, force=args.force)
     finally:
         progress.finish()
     print(f"{spec.modelId} downloaded and verified: {path}")

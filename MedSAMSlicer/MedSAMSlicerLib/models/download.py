@@ -298,11 +298,14 @@ def _verify(url, destPath: Path, partPath: Path, sha256: Optional[str], sizeByte
     return actual
 
 
-def ensureModel(spec, progress: Optional[ProgressCallback] = None, cancel: CancelLike = None) -> Path:
+def ensureModel(spec, progress: Optional[ProgressCallback] = None, cancel: CancelLike = None,
+                force: bool = False) -> Path:
     """Path of a registry model's weights, downloading them into the cache folder if missing or damaged.
 
     A damaged cached file (another size or SHA-256) is deleted and downloaded
-    again: calling this is asking for the model. Tries the spec's URLs in
+    again: calling this is asking for the model. force: download again even
+    when the cached file is intact (it is replaced only once the new file is
+    verified, so a failed download keeps it). Tries the spec's URLs in
     order. Raises DownloadError naming the file, the URL(s) and the folder
     where the file can be put by hand when every source fails; CancelledError
     when cancelled; InputError for weight-free models or a cache folder that
@@ -310,7 +313,7 @@ def ensureModel(spec, progress: Optional[ProgressCallback] = None, cancel: Cance
     """
     path = modelPath(spec)
     status, problem = cacheStatus(spec)
-    if status == CACHED:
+    if status == CACHED and not force:
         return path
     if status == DAMAGED:
         logger.warning("Replacing %s: %s", path, problem)
