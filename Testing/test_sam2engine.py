@@ -4,6 +4,7 @@ prompt frames on non-square slices, the model built as sam2's own builder builds
 Tiny SAM 2.1 models from sam2's own classes are saved as {"model": state_dict}, like the published files,
 and loaded through the same path (createEngine -> Sam2Engine -> loadSam2Model)."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -264,3 +265,38 @@ def test_cuda_bf16_path_matches_the_cpu(tinyFile, medsam2):
     session = gpu.startMemorySession(4)
     session.condition(1, onGpu, prompts)
     assert session.track(2, gpu.encode([_slice(6)])[0], reverse=False).mask.shape == (HEIGHT, WIDTH)
+
+
+def test_registry_models_load_from_the_model_cache_with_their_recipe(tinyFile, tmp_path, oneTorchThread):
+    import shutil
+    import subprocess
+    import sys
+
+    from MedSAMSlicerLib.core.errors import DownloadError
+    from MedSAMSlicerLib.engines.sam2checkpoints import buildSam2Model
+    from MedSAMSlicerLib.models import download
+
+    download.setModelCacheFolder(tmp_path)
+    try:
+        with pytest.raises(DownloadError, match="MedSAM2_latest.pt"):
+            createEngine("medsam2", device="cpu")
+        shutil.copy(tinyFile, tmp_path / "MedSAM2_latest.pt")
+        with pytest.raises(CheckpointError, match="does not fit the hiera_t architecture"):
+            createEngine("medsam2", device="cpu")  # the registry insists on MedSAM2's size
+        torch.manual_seed(0)
+        torch.save({"model": buildSam2Model(officialArchitecture("hiera_t"), 1024).state_dict()},
+                   tmp_path / "MedSAM2_latest.pt")
+        engine = createEngine("medsam2", device="cpu")
+        assert (engine.recipe, engine.imgSize, engine.architecture) == ("medsam2", 512, "hiera_t")
+        assert engine.modelId.startswith("medsam2:") and engine.displayName.startswith("MedSAM2")
+        shutil.copy(tmp_path / "MedSAM2_latest.pt", tmp_path / "sam2.1_hiera_tiny.pt")
+        sam21 = createEngine("sam2_tiny", device="cpu")
+        assert (sam21.recipe, sam21.imgSize) == ("sam2", 1024) and sam21.modelId != engine.modelId
+    finally:
+        download.setModelCacheFolder(None)
+    listed = subprocess.run([str(Path(sys.executable).with_name("medsam-slicer")), "models", "--json"],
+                            capture_output=True, text=True, env={"MEDSAM_SLICER_CACHE": str(tmp_path / "empty"),
+                                                                 "PATH": "/usr/bin:/bin"}, timeout=120)
+    models = {row["id"]: row for row in json.loads(listed.stdout)}
+    for modelId in ("medsam2", "sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+", "sam2.1_hiera_l"):
+        assert models[modelId]["kind"] == "download" and models[modelId]["cached"] is False
