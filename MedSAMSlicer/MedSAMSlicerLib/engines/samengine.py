@@ -32,6 +32,8 @@ from ..core.errors import InputError, PromptError
 logger = logging.getLogger(__name__)
 
 SAM_RECIPES = ("medsam", "sam")
+
+
 @dataclass
 class _PreparedPrompts:
     """One object's prompts in the model's 1024 input frame, as numpy arrays."""
@@ -58,9 +60,11 @@ class SamEngine(TorchEngine):
     identity; default "<modelName or recipe_architecture>:<first 12 hex of the
     file's SHA-256>", so two checkpoints never share cache entries. batchSize:
     slices per encoder pass (default: from free GPU memory; 1 on CPU).
-    fastDecoding: on a CPU, decode through fastdecoder.FastMaskDecoder (same
-    model and weights, exact up to float rounding, 2-3x faster on a CPU) and
-    swap the model's kernel-2 transposed convolutions and LayerNorm2d for
+    Embeddings hold fp16 (C, 64, 64) features on the engine's device; encode
+    is TorchEngine's (batched, out-of-memory safe). fastDecoding: on a CPU,
+    decode through fastdecoder.FastMaskDecoder (same model and weights, exact
+    up to float rounding, 2-3x faster on a CPU) and swap the model's kernel-2
+    transposed convolutions and LayerNorm2d for
     their faster equivalents; False keeps segment-anything's modules as they
     are. On a GPU the stock decoder is used: its few large kernels beat the
     fast path's many small ones there (6.3 vs 14.4 ms per click on an H100,
