@@ -127,7 +127,7 @@ class GrowCut3d:
     """A 3D GrowCut segmentation from a 3D box, updated incrementally as clicks arrive.
 
     volumeImage: float (K, J, I) in [0, 1] (an intensity policy applied; never
-    modified). boxIjk: ((i0, j0, k0), (i1, j1, k1)) continuous voxel indices;
+    modified; any array-like with ``shape`` and slicing, only the box's block is read). boxIjk: ((i0, j0, k0), (i1, j1, k1)) continuous voxel indices;
     voxels whose centres lie inside are in the box. spacingIjk: mm.
     ``update(clicks)`` returns the bool (K, J, I) mask for the box and exactly
     these clicks. Raises PromptError for a box off the volume or too thin.
@@ -135,8 +135,9 @@ class GrowCut3d:
 
     def __init__(self, volumeImage: np.ndarray, boxIjk, spacingIjk=(1.0, 1.0, 1.0),
                  settings: Optional[GrowCut3dSettings] = None):
-        volume = np.asarray(volumeImage)
-        if volume.ndim != 3:
+        # Any (K, J, I) array-like that can be sliced (the workflow maps intensities block by block).
+        volume = volumeImage if hasattr(volumeImage, "shape") and hasattr(volumeImage, "__getitem__") else np.asarray(volumeImage)
+        if len(volume.shape) != 3:
             raise PromptError(f"3D GrowCut expects a (K, J, I) volume, got shape {volume.shape}.")
         self.settings = settings or GrowCut3dSettings()
         self.volume = volume
@@ -148,6 +149,8 @@ class GrowCut3d:
         self._reach: Optional[GeodesicReach] = None
         self._labels: Optional[np.ndarray] = None
         self.lastUpdate = "none"
+        #: [(k0, k1), (j0, j1), (i0, i1)] of the block segmented: the box, enlarged for positive clicks outside it.
+        self.blockBounds = self.boxBounds
 
     # ---------------------------------------------------------------- public
 
@@ -160,7 +163,7 @@ class GrowCut3d:
         """
         clicks = [VolumeClick(tuple(float(v) for v in c.pointIjk), int(c.label)) for c in clicks]
         bounds = self._boundsWith(clicks)
-        appended = (self._filter is not None and bounds == self._blockBounds
+        appended = (self._filter is not None and bounds == self.blockBounds
                     and clicks[:len(self.clicks)] == self.clicks)
         if appended and len(clicks) == len(self.clicks):
             self.lastUpdate = "unchanged"
@@ -218,7 +221,7 @@ class GrowCut3d:
         region = np.zeros(self._image.shape, bool)
         region[tuple(slice(a - o, b - o + 1) for (a, b), o in zip(bounds, self._offset))] = True
         self._region = region
-        self._blockBounds = bounds
+        self.blockBounds = bounds
         self._filter = _Filter(self._image, self._boxSeeds(region), self.spacingKji[::-1], self.settings.distancePenalty)
         self._reach = None  # built at the first click on this block
 
