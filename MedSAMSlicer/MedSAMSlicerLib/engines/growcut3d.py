@@ -11,23 +11,28 @@ Seeds:
   ellipsoid (semi-axes ``coreFraction`` of the box's half sizes), less its
   voxels whose intensity is more than 3 robust standard deviations from the
   median of its inner half, is foreground;
-- every click: a small 3D seed region around the clicked voxel, labelled as
-  the click. Its extent is the click's *reach*: the voxels whose GrowCut path
-  cost from the click (sum of intensity steps plus ``distancePenalty`` per mm)
-  is at most ``distancePenalty * clickReach * depth``, where depth is the
-  distance (mm) from the click to the nearest voxel of the other label in the
-  result the click corrects. A click in the middle of a wide wrong region thus
-  claims a wide, intensity-bounded neighbourhood (it stops at edges); a click
-  near a boundary only its own voxel and immediate neighbours. Clicks are
-  stronger than the box's guesses: their seeds replace core or shell seeds.
+- every click: a 3D seed region around the clicked voxel, labelled as the
+  click (clickRegion). It is the click's *reach*: the voxels whose path cost
+  from the click (intensity change plus ``distancePenalty`` per mm, by fast
+  marching, engines/geodesic.py) is at most ``distancePenalty * clickReach *
+  depth``, depth being the distance (mm) from the click to the other label of
+  the result it corrects; kept only where the intensity is like the click's
+  and connected to it, and halved until a click inside the result takes at
+  most ``negativeShare`` of it. A click in the middle of a wide wrong region
+  thus claims a wide neighbourhood that stops at edges; a click near a
+  boundary little more than its own voxel. Clicks outrank the box's guesses:
+  their seeds replace core or shell seeds, and every click's own voxel keeps
+  its label whatever later clicks seed.
 
-Updates: Slicer's GrowCut keeps the shortest path costs of its last run; given
-the same block with seeds only added or relabelled, ``Update()`` grows from the
-new seeds alone (vtkImageGrowCutSegment.cxx, "Quick update": only new or
-changed seeds enter the heap, and labels change only where a new path is
-cheaper). The result equals a run from scratch with all seeds. Removing a
-click (or a positive click outside the box, which enlarges it) resets the
-filter and runs from scratch.
+Updates: vtkImageGrowCutSegment keeps its path costs and labels between runs
+(Slicer 5.10, Modules/Loadable/Segmentations/Logic/vtkImageGrowCutSegment.cxx:
+InitializationAHP's "Already initialized" branch puts only new or relabelled
+seeds in the heap, and DijkstraBasedClassificationAHP's "Quick update"
+relabels a voxel only where a new path is cheaper). Given the same block with
+seeds only added or relabelled, ``Update()`` therefore grows from the new
+seeds alone, and the result equals a run from scratch with all seeds.
+Removing a click, or a positive click outside the box (which enlarges the
+block), resets the filter (``Reset()``) and runs from scratch.
 
 Frames: volumes are (K, J, I) arrays; clicks are (i, j, k) voxel coordinates;
 spacing (si, sj, sk) mm. No Slicer scene, no Qt, no torch.
@@ -49,26 +54,39 @@ CORE_MIN_TOLERANCE = 0.05
 
 @dataclass
 class GrowCut3dSettings:
-    """How the 3D box and the clicks seed GrowCut (chosen on ../shared/data, docs/evaluation.md).
+    """How the 3D box and the clicks seed GrowCut (chosen on ../shared/data: docs/evaluation.md).
 
     coreFraction: semi-axes of the foreground core ellipsoid as a fraction of
     the box's half sizes. ringVoxels: thickness of the background shell outside
     the box. smoothingSigma: Gaussian smoothing (voxels) of the block before
     growing. distancePenalty: intensity units added per mm of path (0 =
-    intensity only; a little distance keeps flat regions from being claimed by
-    whichever seed is farthest). clickReach: a click's seed region reaches
-    ``clickReach`` times its depth (mm to the other label) in a flat region,
-    less across edges. clickRadiusVoxels: every click seeds at least the ball
-    of this radius (voxels).
+    intensity only; a little distance keeps a flat region from going to
+    whichever seed happens to be cheapest through noise).
+
+    Clicks: clickRadiusVoxels: every click seeds at least the ball of this
+    radius (voxels). clickReach: in a flat region a click's seed region reaches
+    ``clickReach`` times its depth (mm from the click to the other label of the
+    result it corrects); intensity changes use up the reach, weighted by
+    reachGradientWeight (fast marching on the gradient magnitude overstates
+    the intensity steps of a path, hence a weight below 1). clickTolerance,
+    clickMinTolerance: the region keeps only voxels within clickTolerance
+    robust standard deviations (at least clickMinTolerance) of the click's
+    3x3x3 neighbourhood median, connected to the click (0 switches this off).
+    negativeShare: a click inside the result takes at most this share of it
+    (its reach is halved until it does): a click fixes a part, never most of
+    the object at once.
     """
 
     coreFraction: float = 0.65
     ringVoxels: int = 3
     smoothingSigma: float = 1.0
     distancePenalty: float = 0.005
-    clickReach: float = 3.0
     clickRadiusVoxels: int = 1
-    reachGradientWeight: float = 1.0
+    clickReach: float = 3.0
+    reachGradientWeight: float = 0.7
+    clickTolerance: float = 5.0
+    clickMinTolerance: float = 0.03
+    negativeShare: float = 0.5
 
 
 def boxBoundsKji(boxIjk, shapeKji) -> List[Tuple[int, int]]:
@@ -127,7 +145,8 @@ class GrowCut3d:
     """A 3D GrowCut segmentation from a 3D box, updated incrementally as clicks arrive.
 
     volumeImage: float (K, J, I) in [0, 1] (an intensity policy applied; never
-    modified; any array-like with ``shape`` and slicing, only the box's block is read). boxIjk: ((i0, j0, k0), (i1, j1, k1)) continuous voxel indices;
+    modified; any array-like with ``shape`` and slicing: only the box's block
+    is read). boxIjk: ((i0, j0, k0), (i1, j1, k1)) continuous voxel indices;
     voxels whose centres lie inside are in the box. spacingIjk: mm.
     ``update(clicks)`` returns the bool (K, J, I) mask for the box and exactly
     these clicks. Raises PromptError for a box off the volume or too thin.
@@ -135,8 +154,8 @@ class GrowCut3d:
 
     def __init__(self, volumeImage: np.ndarray, boxIjk, spacingIjk=(1.0, 1.0, 1.0),
                  settings: Optional[GrowCut3dSettings] = None):
-        # Any (K, J, I) array-like that can be sliced (the workflow maps intensities block by block).
-        volume = volumeImage if hasattr(volumeImage, "shape") and hasattr(volumeImage, "__getitem__") else np.asarray(volumeImage)
+        sliceable = hasattr(volumeImage, "shape") and hasattr(volumeImage, "__getitem__")
+        volume = volumeImage if sliceable else np.asarray(volumeImage)
         if len(volume.shape) != 3:
             raise PromptError(f"3D GrowCut expects a (K, J, I) volume, got shape {volume.shape}.")
         self.settings = settings or GrowCut3dSettings()
@@ -144,7 +163,6 @@ class GrowCut3d:
         self.spacingKji = tuple(float(s) for s in spacingIjk)[::-1]
         self.boxBounds = boxBoundsKji(boxIjk, volume.shape)
         self.clicks: List[VolumeClick] = []
-        self._regions: List[np.ndarray] = []  # flat block indices seeded by each click, in click order
         self._filter: Optional[_Filter] = None
         self._reach: Optional[GeodesicReach] = None
         self._labels: Optional[np.ndarray] = None
@@ -170,7 +188,7 @@ class GrowCut3d:
             return self.mask()
         if not appended:
             self._build(bounds)
-            self.clicks, self._regions = [], []
+            self.clicks = []
             self._labels = self._filter.run(fromScratch=True)
         new = clicks[len(self.clicks):]
         for click in new:
@@ -253,22 +271,21 @@ class GrowCut3d:
     def _seedClick(self, click: VolumeClick):
         """Seed the click's reach (see the module docstring) with its label; keep every click's own voxel."""
         point = tuple(int(v) - int(o) for v, o in zip(click.voxelKji(self.volume.shape), self._offset))
-        current = self._labels == SEED_FOREGROUND
+        current = (self._labels == SEED_FOREGROUND) & self._region
         if self._reach is None and self.settings.distancePenalty > 0 and self.settings.clickReach > 0:
             self._reach = GeodesicReach(self._image, self.spacingKji, self.settings.distancePenalty,
                                         self.settings.reachGradientWeight)
-        region = clickRegion(self._reach, current, point, self.spacingKji, self.settings)
+        region = clickRegion(self._reach, self._image, current, point, self.spacingKji, self.settings)
         seeds = self._filter.seeds
         seeds.ravel()[region] = SEED_FOREGROUND if click.label == 1 else SEED_BACKGROUND
         self.clicks.append(click)
-        self._regions.append(region)
         for earlier in self.clicks:
             # A later click's region never takes an earlier click's own voxel: that one stays as clicked.
             voxel = tuple(int(v) - int(o) for v, o in zip(earlier.voxelKji(self.volume.shape), self._offset))
             seeds[voxel] = SEED_FOREGROUND if earlier.label == 1 else SEED_BACKGROUND
 
 
-def clickRegion(reach, currentMask: np.ndarray, point, spacingKji, settings: GrowCut3dSettings) -> np.ndarray:
+def clickRegion(reach, image: np.ndarray, currentMask: np.ndarray, point, spacingKji, settings: GrowCut3dSettings) -> np.ndarray:
     """Flat indices of the voxels a click at ``point`` (k, j, i) seeds (see the module docstring).
 
     reach: a geodesic.GeodesicReach on the block, or None (only the small ball is seeded).
@@ -282,7 +299,32 @@ def clickRegion(reach, currentMask: np.ndarray, point, spacingKji, settings: Gro
     budget = settings.distancePenalty * settings.clickReach * depthAt(currentMask, point, spacingKji)
     if reach is None or budget <= 0:
         return near
-    return np.union1d(near, reach.reach(point, budget))
+    label = bool(currentMask[tuple(point)])
+    limit = settings.negativeShare * np.count_nonzero(currentMask) if label else np.inf
+    while True:
+        reached = reach.reach(point, budget)
+        if settings.clickTolerance > 0:
+            reached = _lookingLikeTheClick(image, point, reached, settings)
+        # A click inside the result corrects a part of it: it never takes most of it at once.
+        if np.count_nonzero(currentMask.ravel()[reached]) <= limit or len(reached) <= len(near):
+            return np.union1d(near, reached)
+        budget *= 0.5
+
+
+def _lookingLikeTheClick(image, point, flat, settings):
+    """The reached voxels whose intensity lies within the click's tolerance and that connect to the click through them."""
+    from scipy import ndimage  # noqa: PLC0415
+
+    local = image[tuple(slice(max(p - 1, 0), p + 2) for p in point)]
+    median = float(np.median(local))
+    spread = 1.4826 * float(np.median(np.abs(local - median)))
+    tolerance = max(settings.clickTolerance * spread, settings.clickMinTolerance)
+    keep = np.zeros(image.shape, bool)
+    keep.ravel()[flat] = True
+    keep &= np.abs(image - median) <= tolerance
+    keep[tuple(point)] = True
+    components, _ = ndimage.label(keep, np.ones((3, 3, 3), bool))
+    return np.flatnonzero(components.ravel() == components[tuple(point)])
 
 
 def depthAt(mask: np.ndarray, point, spacingKji) -> float:

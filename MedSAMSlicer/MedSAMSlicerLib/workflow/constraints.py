@@ -23,6 +23,8 @@ import numpy as np
 from ..core.errors import InputError
 from ..engines.base import Prompts, VolumeClick
 
+#: KJI index of the native slice's rows and columns along each axis (docs/developer.md, "Frames").
+_NATIVE_ROW_COL = {2: (1, 2), 1: (0, 2), 0: (0, 1)}
 #: Two clicks closer than this (voxels, per coordinate) with the same label are the same click.
 SAME_CLICK_TOLERANCE = 1e-3
 
@@ -123,19 +125,22 @@ class AnnotationSession:
         return mask
 
     def enforceOnSlices(self, masks: Dict[int, np.ndarray], source, axis: int) -> Dict[int, np.ndarray]:
-        """Slice image masks {k: bool (H, W)} with each click's pixel set to its label (new dict, masks copied where changed).
+        """Slice image masks {k: bool (H, W)} with each click's voxel set to its label (a new dict; changed masks copied).
 
-        A clicked slice without a mask gets one (empty but for positive clicks).
-        The pixel is the one nearest the click's voxel centre (source.ijkToImage).
+        Every image pixel of the click's native voxel is set, so the native
+        mask (source.imageMaskToNative, area voting) has the click's label
+        there. A clicked slice without a mask gets one (empty but for
+        positive clicks).
         """
         result = dict(masks)
+        rowAxis, colAxis = _NATIVE_ROW_COL[_checkAxis(axis)]
         for k, clicks in self.clickedSlices(source, axis).items():
             mask = np.array(result.get(k, np.zeros(source.imageShape(axis), bool)), dtype=bool, copy=True)
-            _, xy = source.ijkToImage(axis, np.array([c.voxelKji(source.shapeKji)[::-1] for c in clicks], dtype=float))
-            for click, (x, y) in zip(clicks, xy):
-                row = int(np.clip(np.floor(y + 0.5), 0, mask.shape[0] - 1))
-                col = int(np.clip(np.floor(x + 0.5), 0, mask.shape[1] - 1))
-                mask[row, col] = click.label == 1
+            for click in clicks:
+                voxel = click.voxelKji(source.shapeKji)
+                native = np.zeros(source.nativeShape(axis), bool)
+                native[voxel[rowAxis], voxel[colAxis]] = True
+                mask[source.nativeMaskToImage(axis, native)] = click.label == 1
             if mask.any() or k in result:
                 result[k] = mask
         return result

@@ -116,6 +116,8 @@ class BoxRefinement:
         self._applied: List[VolumeClick] = []
         self._lastMask: Optional[np.ndarray] = None
         self._lock = threading.Lock()
+        #: How the last run computed: "full", "incremental" or "unchanged" ("none" before the first run).
+        self.lastUpdate = "none"
 
     @property
     def boxIjk(self):
@@ -143,7 +145,7 @@ class BoxRefinement:
                 mask, sliceIndices = propagation.toVolumeMask(self.source, self.axis), sorted(propagation.masks)
             mask = self._keepAccepted(mask, session)
             mask = session.enforce(mask)
-            self._lastMask = mask
+            self._lastMask, self.lastUpdate = mask, update
             elapsed = time.perf_counter() - started
             reportProgress(progress, 1.0, f"Segmented the box ({self.mode}, {update})")
             return RefinementResult(mask, sliceIndices, propagation, update, {"compute": elapsed, "total": elapsed})
