@@ -32,12 +32,20 @@ class GeodesicReach:
         self._speed = speed
         self._sitk = sitk
 
-    def reach(self, pointKji, budget: float) -> np.ndarray:
-        """Flat indices of the voxels whose path cost from ``pointKji`` is at most ``budget``."""
+    def reach(self, pointKji, budget: float):
+        """(flat indices, path costs) of the voxels whose path cost from ``pointKji`` is at most ``budget``.
+
+        Costs let a caller take a smaller reach (costs <= a smaller budget) without marching again.
+        """
         sitk = self._sitk
         marcher = sitk.FastMarchingImageFilter()
         marcher.SetTrialPoints([[int(pointKji[2]), int(pointKji[1]), int(pointKji[0])]])
         # itk marks unreached voxels with a large value; stop a little past the budget.
         marcher.SetStoppingValue(float(budget) * 1.01 + 1e-6)
-        arrival = sitk.GetArrayViewFromImage(marcher.Execute(self._speed))
-        return np.flatnonzero(arrival.ravel() <= budget)
+        arrivalImage = marcher.Execute(self._speed)
+        # A view shares the image's buffer: the image must outlive it (a view of a temporary crashes).
+        arrival = sitk.GetArrayViewFromImage(arrivalImage).ravel()
+        reached = np.flatnonzero(arrival <= budget)
+        costs = arrival[reached].astype(np.float32)
+        del arrival
+        return reached, costs

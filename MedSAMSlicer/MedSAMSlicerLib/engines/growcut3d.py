@@ -296,35 +296,46 @@ def clickRegion(reach, image: np.ndarray, currentMask: np.ndarray, point, spacin
     grids = np.ogrid[tuple(slice(lo, min(p + radius + 1, n)) for lo, p, n in zip(lows, point, shape))]
     ball = sum((g - p) ** 2 for g, p in zip(grids, point)) <= radius * radius
     near = np.ravel_multi_index(tuple((np.argwhere(ball) + np.array(lows)).T), shape)
-    budget = settings.distancePenalty * settings.clickReach * depthAt(currentMask, point, spacingKji)
+    depth = depthAt(currentMask, point, spacingKji)
+    budget = settings.distancePenalty * settings.clickReach * depth
     if reach is None or budget <= 0:
         return near
-    label = bool(currentMask[tuple(point)])
-    limit = settings.negativeShare * np.count_nonzero(currentMask) if label else np.inf
-    while True:
-        reached = reach.reach(point, budget)
-        if settings.clickTolerance > 0:
-            reached = _lookingLikeTheClick(image, point, reached, settings)
-        # A click inside the result corrects a part of it: it never takes most of it at once.
-        if np.count_nonzero(currentMask.ravel()[reached]) <= limit or len(reached) <= len(near):
-            return np.union1d(near, reached)
+    reached, costs = reach.reach(point, budget)
+    if settings.clickTolerance > 0:
+        keep = _lookingLikeTheClick(image, point, reached, settings)
+        reached, costs = reached[keep], costs[keep]
+    limit = settings.negativeShare * np.count_nonzero(currentMask) if currentMask[tuple(point)] else np.inf
+    inside = currentMask.ravel()[reached]
+    # A click inside the result corrects a part of it, never most of it at once: halve its reach until it does.
+    while np.count_nonzero(inside) > limit and len(reached) > len(near):
         budget *= 0.5
+        kept = costs <= budget
+        reached, costs, inside = reached[kept], costs[kept], inside[kept]
+        if settings.clickTolerance > 0 and len(reached):
+            keep = _lookingLikeTheClick(image, point, reached, settings)
+            reached, costs, inside = reached[keep], costs[keep], inside[keep]
+    return np.union1d(near, reached)
 
 
-def _lookingLikeTheClick(image, point, flat, settings):
-    """The reached voxels whose intensity lies within the click's tolerance and that connect to the click through them."""
+def _lookingLikeTheClick(image, point, flat, settings) -> np.ndarray:
+    """Bool over ``flat``: the voxels within the click's intensity tolerance that connect to the click through such voxels."""
     from scipy import ndimage  # noqa: PLC0415
 
     local = image[tuple(slice(max(p - 1, 0), p + 2) for p in point)]
     median = float(np.median(local))
     spread = 1.4826 * float(np.median(np.abs(local - median)))
     tolerance = max(settings.clickTolerance * spread, settings.clickMinTolerance)
-    keep = np.zeros(image.shape, bool)
-    keep.ravel()[flat] = True
-    keep &= np.abs(image - median) <= tolerance
-    keep[tuple(point)] = True
-    components, _ = ndimage.label(keep, np.ones((3, 3, 3), bool))
-    return np.flatnonzero(components.ravel() == components[tuple(point)])
+    like = np.abs(image.ravel()[flat] - median) <= tolerance
+    like[flat == np.ravel_multi_index(tuple(point), image.shape)] = True
+    # Connected components on the reached voxels' bounding block only.
+    coords = np.unravel_index(flat, image.shape)
+    lows = [int(c.min()) for c in coords]
+    block = np.zeros([int(c.max()) - lo + 1 for c, lo in zip(coords, lows)], bool)
+    local = tuple(c - lo for c, lo in zip(coords, lows))
+    block[local] = like
+    components, _ = ndimage.label(block, np.ones((3, 3, 3), bool))
+    centre = tuple(p - lo for p, lo in zip(point, lows))
+    return components[local] == components[centre]
 
 
 def depthAt(mask: np.ndarray, point, spacingKji) -> float:
