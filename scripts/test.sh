@@ -1,8 +1,25 @@
 #!/usr/bin/env bash
-# Set up .venv (once) with the project and its test dependencies, then run the whole test suite.
+# Set up the virtual environments (once) and run the whole test suite twice: against the newest
+# slicer-core (.venv) and against the oldest release line matching Slicer 5.10, the oldest Slicer the
+# extension supports (.venv-slicer510). Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[test]"
-exec .venv/bin/python -m pytest Testing "$@"
+# slicer-core 5.11.0.x is Slicer 5.10's code. 5.11.0.6 is the first patch of that line whose wheel reads
+# DICOM through Slicer's volumes logic (5.11.0.2 fails on the shared CT series), so it is the oldest used.
+OLDEST_SLICER_CORE=5.11.0.6
+
+setupVenv() {  # setupVenv FOLDER [EXTRA REQUIREMENT ...]
+  local venv=$1
+  shift
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --upgrade pip
+  "$venv/bin/python" -m pip install --quiet -e ".[test]" "$@"
+}
+
+setupVenv .venv
+echo "== tests with slicer-core $(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("slicer-core"))')"
+.venv/bin/python -m pytest Testing "$@"
+
+setupVenv .venv-slicer510 "slicer-core==$OLDEST_SLICER_CORE"
+echo "== tests with slicer-core $OLDEST_SLICER_CORE (Slicer 5.10)"
+.venv-slicer510/bin/python -m pytest Testing "$@"

@@ -11,7 +11,20 @@ area, overwrite other segments, editable intensity range) and the add / remove /
 set modes behave as in the Segment Editor, and every edit saves an undo state.
 The preview is a separate segmentation node that is hidden from editors, is not
 saved with the scene and is not part of undo. No Qt here.
+
+Undo never loses later work: the writer's history is its own (Slicer 5.10 gives
+no access to the Segment Editor widget's), and a vtkSegmentationHistory only
+drops *redo* states when the segmentation is edited elsewhere
+(vtkSegmentationHistory::OnSegmentationModified), so restoring the snapshot
+taken before an apply would silently revert whatever was painted since. The
+writer therefore remembers what the segmentation held right after each apply
+and refuses to undo once it differs. To make an apply one step of the Segment
+Editor's own undo as well, a front end registers ``externalUndoSaver``: it is
+called just before every write, when the Segment Editor widget can save its
+state for undo (qMRMLSegmentEditorWidget::saveStateForUndo).
 """
+
+import hashlib
 
 import numpy as np
 
@@ -163,7 +176,9 @@ class SegmentWriter:
             segmentationNode, self.createdSegmentId = createSegmentationNode(volumeNode)
         self.segmentationNode = segmentationNode
         self.settingsNode = settingsNode
+        self.externalUndoSaver = None
         self.previewNode = None
+        self._contentAfterApply = []  # one content digest per undoable apply, newest last
         editorNode = slicer.vtkMRMLSegmentEditorNode()
         editorNode.SetName("MedSAM segment editor")
         editorNode.SetHideFromEditors(True)
@@ -179,6 +194,7 @@ class SegmentWriter:
         """Write into ``segmentationNode`` from now on (None: preview only); clears the undo history."""
         self.segmentationNode = segmentationNode
         self.editorLogic.ClearUndoState()
+        self._contentAfterApply = []
         self.editorLogic.SetSegmentationNode(segmentationNode)
         if segmentationNode is not None:
             self.editorLogic.SetSourceVolumeNode(self.volumeNode)
@@ -251,12 +267,15 @@ class SegmentWriter:
         slices are kept). Masking and overwriting follow the segment editor node.
         Only the mask's bounding box (for replaceSlices: those slices) is written.
         Returns the inclusive IJK extent written, or None when nothing changed.
-        Raises InputError for an unknown mode or segment, a mask of the wrong shape,
-        or replaceSlices without slices; on failure the segment is restored.
+        Raises InputError for an unknown mode or segment, a segmentation that left
+        the scene, a mask of the wrong shape, or replaceSlices without slices; on
+        failure the segment is restored. ``externalUndoSaver(segmentationNode)``,
+        when set, is called once just before the first voxel is written.
         """
         maskKji = self._checkMask(maskKji)
         if self.segmentationNode is None:
             raise InputError("No segmentation to write into: select or create a segmentation first.")
+        self._requireInScene()
         if mode not in MODES:
             raise InputError(f"Unknown apply mode '{mode}': use one of {', '.join(MODES)}.")
         _requireSegment(self.segmentationNode, segmentId)
@@ -265,6 +284,8 @@ class SegmentWriter:
         if not steps:
             return None
         self._prepareEditor(segmentId)
+        if self.externalUndoSaver is not None:
+            self.externalUndoSaver(self.segmentationNode)
         self.editorLogic.SaveStateForUndo()
         try:
             for modifierKji, extent, modification in steps:
@@ -272,17 +293,34 @@ class SegmentWriter:
         except Exception:
             self.editorLogic.Undo()
             raise
+        self._contentAfterApply.append(self._contentDigest())
+        del self._contentAfterApply[: -max(1, self.editorLogic.GetMaximumNumberOfUndoStates())]
         return _unionExtent([extent for _, extent, _ in steps])
 
     def undo(self):
-        """Restore the segmentation as it was before the last apply (bit for bit). No-op when nothing to undo."""
-        if self.canUndo:
-            self.editorLogic.Undo()
+        """Restore the segmentation as it was before the last apply (bit for bit); returns False when there is none.
+
+        Raises InputError, changing nothing, when the segmentation was edited
+        after that apply (in the Segment Editor, by a script, ...) or left the
+        scene: restoring the old snapshot would silently throw those edits away.
+        """
+        if not self.canUndo:
+            return False
+        self._requireInScene()
+        if self._contentDigest() != self._contentAfterApply[-1]:
+            raise InputError(
+                f"Segmentation '{self.segmentationNode.GetName()}' was edited after MedSAM's last apply: undoing it here "
+                "would throw those edits away, so nothing was undone. Use the Segment Editor's Undo (Ctrl+Z) to step back "
+                "through the edits in order."
+            )
+        self.editorLogic.Undo()
+        self._contentAfterApply.pop()
+        return True
 
     @property
     def canUndo(self):
-        """True when an apply can be undone."""
-        return bool(self.editorLogic.CanUndo())
+        """True when an apply can be undone (see undo for when it is refused)."""
+        return bool(self._contentAfterApply) and bool(self.editorLogic.CanUndo())
 
     def close(self):
         """Remove the preview and the hidden editor node; the writer is unusable afterwards."""
@@ -300,6 +338,46 @@ class SegmentWriter:
         if maskKji.shape != shapeKji:
             raise InputError(f"The mask has shape {maskKji.shape} but the volume's voxel grid is {shapeKji} (K, J, I).")
         return maskKji.astype(bool, copy=False)
+
+    def _requireInScene(self):
+        if self.segmentationNode.GetScene() is not self.scene:
+            raise InputError(
+                f"Segmentation '{self.segmentationNode.GetName()}' is no longer in the scene: select or create a segmentation."
+            )
+
+    def _contentDigest(self):
+        """A digest of every segment's voxels (labelmap layers: extent, geometry, scalars) and label values.
+
+        Names, colours and other display properties are left out: changing them is no edit to protect.
+        """
+        import slicer
+        import vtk
+
+        segmentation = self.segmentationNode.GetSegmentation()
+        digest = hashlib.blake2b(digest_size=16)
+        layers = []
+        for index in range(segmentation.GetNumberOfSegments()):
+            segmentId = segmentation.GetNthSegmentID(index)
+            segment = segmentation.GetSegment(segmentId)
+            digest.update(f"{segmentId}={segment.GetLabelValue()};".encode())
+            labelmap = segment.GetRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName())
+            if labelmap is None:
+                continue
+            layer = next((n for n, known in enumerate(layers) if known is labelmap), None)
+            if layer is None:
+                layer = len(layers)
+                layers.append(labelmap)
+                matrix = vtk.vtkMatrix4x4()
+                labelmap.GetImageToWorldMatrix(matrix)
+                digest.update(np.asarray(labelmap.GetExtent(), np.int64).tobytes())
+                digest.update(slicer.util.arrayFromVTKMatrix(matrix).tobytes())
+                scalars = labelmap.GetPointData().GetScalars()
+                if scalars is not None and not labelmap.IsEmpty():
+                    from vtk.util import numpy_support
+
+                    digest.update(np.ascontiguousarray(numpy_support.vtk_to_numpy(scalars)).tobytes())
+            digest.update(f"@{layer};".encode())
+        return digest.digest()
 
     def _requireLabelmapSource(self):
         import slicer

@@ -20,6 +20,7 @@ import time
 from typing import Callable, Optional
 
 from ..core.errors import InputError, MedSAMError
+from . import logicchecks as checks
 from .constraints import AnnotationSession
 from .logicclicks import ClickSessionMixin
 from .logicjobs import PostprocessOptions, PropagationJob, SegmentationResult, SliceJob
@@ -66,6 +67,7 @@ class MedSAMLogic(ObservationMixin, ClickSessionMixin):
         self.segmentationNode = None
         self.segmentId = None
         self.segmentEditorNode = None
+        self._externalUndoSaver = None
         self.writer = None
         self.roiNode = self.positiveNode = self.negativeNode = None
         self.axis = 2
@@ -94,6 +96,7 @@ class MedSAMLogic(ObservationMixin, ClickSessionMixin):
 
         if volumeNode is None:
             raise InputError("No volume given: load or select a volume first.")
+        checks.requireVolumeArguments(self.scene, volumeNode, policy)
         source = sliceSourceFromVolume(volumeNode, policy)
         self._removeObservers(self._volumeObservers)
         self._clearPreview()
@@ -116,6 +119,7 @@ class MedSAMLogic(ObservationMixin, ClickSessionMixin):
         """
         from ..models.enginefactory import createEngine
 
+        checks.requireModelArguments(name, device, checkpointPath)
         self.setEngine(createEngine(name, device=device, checkpointPath=checkpointPath))
         return self.engine
 
@@ -132,6 +136,7 @@ class MedSAMLogic(ObservationMixin, ClickSessionMixin):
 
         if engine is self.engine:
             return
+        checks.requireEngine(engine)
         if self._cache is None:
             self._cache = EmbeddingCache()
         if self.service is not None:
@@ -149,6 +154,8 @@ class MedSAMLogic(ObservationMixin, ClickSessionMixin):
         from ..mrml.segmentwriter import createSegmentationNode
 
         self._requireVolume()
+        checks.requireNode(segmentationNode, ("vtkMRMLSegmentationNode",), "segmentation", self.scene)
+        checks.requireInstance(segmentId, str, "segment ID")
         if segmentationNode is None:
             segmentationNode, created = createSegmentationNode(self.volumeNode)
             segmentId = segmentId or created
@@ -170,10 +177,20 @@ class MedSAMLogic(ObservationMixin, ClickSessionMixin):
 
     def setSegmentEditorNode(self, segmentEditorNode):
         """Take masking settings (editable area, overwrite other segments, intensity range) from this
-        vtkMRMLSegmentEditorNode at every apply; the widget passes Slicer's own. None: the Logic's defaults."""
+        vtkMRMLSegmentEditorNode at every apply. None (the default): Slicer's own Segment Editor node,
+        the scene's singleton tagged "SegmentEditor" (created as the Segment Editor creates it)."""
+        checks.requireNode(segmentEditorNode, ("vtkMRMLSegmentEditorNode",), "segment editor node", self.scene)
         self.segmentEditorNode = segmentEditorNode
+
+    def setExternalUndoSaver(self, saver):
+        """Call ``saver(segmentationNode)`` just before each apply writes (None: no call).
+
+        The Slicer module passes one that saves the Segment Editor widget's undo
+        state, so the Segment Editor's Undo (Ctrl+Z) takes a MedSAM apply back.
+        """
+        self._externalUndoSaver = saver
         if self.writer is not None:
-            self.writer.settingsNode = segmentEditorNode
+            self.writer.externalUndoSaver = saver
 
     def setPromptNodes(self, roiNode=None, positiveNode=None, negativeNode=None):
         """Prompt with this ROI (box) and these point markups (positive, negative); observed for changes.
@@ -181,6 +198,7 @@ class MedSAMLogic(ObservationMixin, ClickSessionMixin):
         A change of any of them schedules a preview update (see scheduleCallback
         and processPendingUpdates) when autoUpdate is on.
         """
+        checks.requirePromptNodes(self.scene, roiNode, positiveNode, negativeNode)
         self._removeObservers(self._markupObservers)
         self.roiNode, self.positiveNode, self.negativeNode = roiNode, positiveNode, negativeNode
         for node in (roiNode, positiveNode, negativeNode):
@@ -189,9 +207,7 @@ class MedSAMLogic(ObservationMixin, ClickSessionMixin):
 
     def setAxis(self, axis):
         """Segment slices across IJK axis ``axis`` (0 = I, 1 = J, 2 = K); forgets any slice view."""
-        if axis not in (0, 1, 2):
-            raise InputError(f"Slice axis must be 0 (I), 1 (J) or 2 (K), got {axis!r}.")
-        self.axis, self.sliceNode = int(axis), None
+        self.axis, self.sliceNode = checks.requireAxis(axis), None
 
     def setSliceNode(self, sliceNode):
         """Segment in the plane of slice view ``sliceNode``: its axis now, its current slice inside a 3D box.
@@ -201,6 +217,7 @@ class MedSAMLogic(ObservationMixin, ClickSessionMixin):
         from ..mrml.volumegeometry import axisFromSliceNode
 
         self._requireVolume()
+        checks.requireNode(sliceNode, ("vtkMRMLSliceNode",), "slice view", self.scene, optional=False)
         self.axis = axisFromSliceNode(self.volumeNode, sliceNode)
         self.sliceNode = sliceNode
 
@@ -227,7 +244,11 @@ class MedSAMLogic(ObservationMixin, ClickSessionMixin):
         weight-free engine is segmented natively in 3D (nativeVolume) and
         returns a VolumeJob.
         """
+        from .propagation import PropagationSettings
+
+        checks.requireInstance(settings, PropagationSettings, "propagation settings")
         promptSet = self._sessionPromptSet(None)
+        sliceRange = checks.requireSliceRange(sliceRange, self.source.sliceCount(self.axis))
         settings = settings if settings is not None else self.propagationSettings
         session, _, _ = self._syncedSession()
         job = self._nativeVolumeJob(promptSet, session, settings) if sliceRange is None else None
@@ -306,6 +327,7 @@ class MedSAMLogic(ObservationMixin, ClickSessionMixin):
         Synchronous form of preparePropagation + run + showResult; returns the
         PropagationResult. ``cancel``: a CancelToken (CancelledError, nothing shown).
         """
+        checks.requireCancelToken(cancel)
         result = self.preparePropagation(settings, sliceRange).run(self.progress.emit, cancel)
         self.showResult(result)
         return result.propagation
@@ -328,6 +350,7 @@ class MedSAMLogic(ObservationMixin, ClickSessionMixin):
         segmentation is created when none was set. Raises InputError when there
         is no preview.
         """
+        self._requireVolume()
         if self.lastResult is None:
             raise InputError("Nothing to apply: segment a slice or propagate first.")
         if self.segmentationNode is None:
@@ -336,6 +359,9 @@ class MedSAMLogic(ObservationMixin, ClickSessionMixin):
         started = time.perf_counter()
         mode = mode or "replaceSlices"
         slices = result.sliceIndices if mode == "replaceSlices" else None
+        from ..mrml.segmenteditornode import userSegmentEditorNode
+
+        self.writer.settingsNode = self.segmentEditorNode or userSegmentEditorNode(self.scene)
         extent = self.writer.apply(self.segmentId, result.maskKji, mode, sliceAxis=result.axis, sliceIndices=slices)
         self._clearPreview()
         self._resetSession()
@@ -346,16 +372,22 @@ class MedSAMLogic(ObservationMixin, ClickSessionMixin):
         return extent
 
     def undo(self):
-        """Undo the last apply (the segment is restored bit for bit); returns False when there was nothing to undo."""
-        if self.writer is None or not self.writer.canUndo:
+        """Undo the last apply (the segmentation is restored bit for bit); returns False when there was nothing to undo,
+        also when the segmentation left the scene (its undo history went with it).
+
+        Raises InputError, undoing nothing, when the segmentation was edited after
+        that apply (its message says to use the Segment Editor's Undo).
+        """
+        checks.forgetRemovedNodes(self)
+        if self.writer is None or not self.writer.undo():
             return False
-        self.writer.undo()
         self.status.emit("Undone.")
         return True
 
     @property
     def canUndo(self):
         """True when apply() can be undone."""
+        checks.forgetRemovedNodes(self)
         return self.writer is not None and self.writer.canUndo
 
     def clear(self):
@@ -386,6 +418,9 @@ class MedSAMLogic(ObservationMixin, ClickSessionMixin):
         """
         service = self._ensureService()
         count = self.source.sliceCount(self.axis)
+        sliceRange = checks.requireSliceRange(sliceRange, count)
+        if aroundIndex is not None:
+            checks.requireInteger(aroundIndex, "slice to start around", 0, count - 1)
         k0, k1 = sliceRange if sliceRange is not None else (0, count - 1)
         indices = range(max(0, int(k0)), min(count - 1, int(k1)) + 1)
         return service.prefetch(self.source, self.axis, indices, progress=progress, aroundIndex=aroundIndex)
@@ -394,8 +429,7 @@ class MedSAMLogic(ObservationMixin, ClickSessionMixin):
         """Keep at most ``maxBytes`` of slice embeddings in memory (least recently used are evicted beyond)."""
         from ..embeddings.cache import EmbeddingCache
 
-        if int(maxBytes) <= 0:
-            raise InputError(f"The embedding cache budget must be positive, got {maxBytes} bytes.")
+        checks.requirePositiveNumber(maxBytes, "embedding cache budget (bytes)")
         if self._cache is None:
             self._cache = EmbeddingCache(maxBytes=int(maxBytes))
         self._cache.maxBytes = int(maxBytes)
@@ -422,8 +456,10 @@ class MedSAMLogic(ObservationMixin, ClickSessionMixin):
     # ------------------------------------------------------------------ internals
 
     def _requireVolume(self):
+        removed = checks.forgetRemovedNodes(self)
         if self.volumeNode is None or self.source is None:
-            raise InputError("No volume set: call setVolume(volumeNode) (select a volume) first.")
+            gone = "The volume was removed from the scene" if "volume" in removed else "No volume set"
+            raise InputError(f"{gone}: call setVolume(volumeNode) (select a volume) first.")
 
     def _ensureService(self):
         self._requireVolume()
@@ -439,6 +475,7 @@ class MedSAMLogic(ObservationMixin, ClickSessionMixin):
         self._requireVolume()
         if self.writer is None:
             self.writer = SegmentWriter(self.segmentationNode, self.volumeNode, self.segmentEditorNode, createSegmentation=False)
+            self.writer.externalUndoSaver = self._externalUndoSaver
         return self.writer
 
     def _refreshPreview(self):
@@ -463,6 +500,8 @@ class MedSAMLogic(ObservationMixin, ClickSessionMixin):
         from ..mrml.volumegeometry import sliceIndexFromSliceNode
 
         self._requireVolume()
+        if sliceIndex is not None:
+            sliceIndex = checks.requireInteger(sliceIndex, "slice index", 0, self.source.sliceCount(self.axis) - 1)
         roi = self.roiNode if self.roiNode is not None and self.roiNode.GetNumberOfControlPoints() > 0 else None
         args = (self.volumeNode, self.source, self.axis, roi, self.positiveNode, self.negativeNode)
         promptSet = promptsFromMarkups(*args, sliceIndex=sliceIndex)
