@@ -75,6 +75,31 @@ def boxFromMask(mask, jitterMm: float = 0.0, pixelSpacingMm: float = 1.0, rng=No
     return float(x0), float(y0), float(x1), float(y1)
 
 
+def largestErrorRegion(predicted, truth, fullyConnected: bool = False):
+    """(bool mask of the largest connected error region, label) or None when there is no error.
+
+    Missed foreground (label 1) and false positives (label 0) are labelled
+    separately (face-connected, or with fullyConnected every neighbour: 8 in
+    2D, 26 in 3D); the larger region wins. Raises InputError for masks of
+    different shapes.
+    """
+    from scipy import ndimage  # noqa: PLC0415
+
+    predicted, truth = np.asarray(predicted, bool), np.asarray(truth, bool)
+    if predicted.shape != truth.shape:
+        raise InputError(f"Prediction {predicted.shape} and truth {truth.shape} differ in shape.")
+    best = None
+    for errors, label in ((truth & ~predicted, 1), (predicted & ~truth, 0)):
+        components, count = ndimage.label(errors, np.ones((3,) * errors.ndim, bool) if fullyConnected else None)
+        if count == 0:
+            continue
+        sizes = np.bincount(components.ravel())[1:]
+        largest = int(np.argmax(sizes)) + 1
+        if best is None or sizes[largest - 1] > best[0]:
+            best = (sizes[largest - 1], components == largest, label)
+    return None if best is None else (best[1], best[2])
+
+
 def nextClick(predicted, truth) -> Optional[Tuple[np.ndarray, int]]:
     """Where a careful annotator clicks next: ((x, y), label) or None when the mask is perfect.
 
@@ -85,22 +110,13 @@ def nextClick(predicted, truth) -> Optional[Tuple[np.ndarray, int]]:
     """
     from scipy import ndimage  # noqa: PLC0415
 
-    predicted, truth = np.asarray(predicted, bool), np.asarray(truth, bool)
-    best = None
-    for errors, label in ((truth & ~predicted, 1), (predicted & ~truth, 0)):
-        components, count = ndimage.label(errors)
-        if count == 0:
-            continue
-        sizes = np.bincount(components.ravel())[1:]
-        largest = int(np.argmax(sizes)) + 1
-        if best is None or sizes[largest - 1] > best[0]:
-            best = (sizes[largest - 1], components == largest, label)
-    if best is None:
+    found = largestErrorRegion(predicted, truth)
+    if found is None:
         return None
-    region = np.pad(best[1], 1)
+    region = np.pad(found[0], 1)
     depth = ndimage.distance_transform_edt(region)[1:-1, 1:-1]
     row, col = np.unravel_index(int(np.argmax(depth)), depth.shape)
-    return np.array([col, row], dtype=np.float32), best[2]
+    return np.array([col, row], dtype=np.float32), found[1]
 
 
 @dataclass
@@ -202,21 +218,10 @@ def nextClick3d(predictedKji, truthKji, axis: int = 2, spacingIjk=(1.0, 1.0, 1.0
     """
     from scipy import ndimage  # noqa: PLC0415
 
-    predicted, truth = np.asarray(predictedKji, bool), np.asarray(truthKji, bool)
-    if predicted.shape != truth.shape:
-        raise InputError(f"Prediction {predicted.shape} and truth {truth.shape} differ in shape.")
-    best = None
-    for errors, label in ((truth & ~predicted, 1), (predicted & ~truth, 0)):
-        components, count = ndimage.label(errors, np.ones((3, 3, 3), bool))
-        if count == 0:
-            continue
-        sizes = np.bincount(components.ravel())[1:]
-        largest = int(np.argmax(sizes)) + 1
-        if best is None or sizes[largest - 1] > best[0]:
-            best = (sizes[largest - 1], components == largest, label)
-    if best is None:
+    found = largestErrorRegion(predictedKji, truthKji, fullyConnected=True)
+    if found is None:
         return None
-    region, label = best[1], best[2]
+    region, label = found
     arrayAxis = _ARRAY_AXIS[axis]
     inPlane = [a for a in range(3) if a != arrayAxis]
     k = int(np.argmax(region.sum(axis=tuple(inPlane))))
