@@ -241,8 +241,8 @@ class MedSAMLogic(ObservationMixin, ClickSessionMixin):
         box's slices, else the whole volume. Every click of the session (the
         point markups, on any slice) is used: the seed slice's as its prompts,
         the others as corrections after propagating. A 3D box with the
-        weight-free engine is segmented natively in 3D (nativeVolume) and
-        returns a VolumeJob.
+        weight-free engine and no explicit sliceRange is segmented natively in
+        3D (nativeVolume) and returns a VolumeJob.
         """
         from .propagation import PropagationSettings
 

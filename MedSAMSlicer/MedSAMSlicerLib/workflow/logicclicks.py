@@ -60,7 +60,7 @@ class ClickSessionMixin:
             return self._promptSet(sliceIndex)
         except MedSAMError:
             roi = self.roiNode if self.roiNode is not None and self.roiNode.GetNumberOfControlPoints() > 0 else None
-            if roi is None or not self.session.clicks and not self._hasPoints():
+            if roi is None or (not self.session.clicks and not self._hasPoints()):
                 raise
         promptSet = promptsFromMarkups(self.volumeNode, self.source, self.axis, roi, sliceIndex=sliceIndex)
         session, _, _ = self._syncedSession()
