@@ -354,6 +354,10 @@ class MedSAMLogic(ObservationMixin):
         """True when apply() can be undone."""
         return self.writer is not None and self.writer.canUndo
 
+    def clearPreview(self):
+        """Remove the preview only; the prompts and the segment are untouched."""
+        self._clearPreview()
+
     def clear(self):
         """Remove the preview and every prompt (ROI and points) without touching the segment."""
         self._clearPreview()
@@ -448,17 +452,16 @@ class MedSAMLogic(ObservationMixin):
                 and len(pointsFromMarkups(self.positiveNode, self.negativeNode)[0]) > 0)
 
     def _hasPrompts(self):
-        from ..mrml.markupprompts import pointsFromMarkups
+        from ..mrml.markupprompts import isBoxComplete, pointsFromMarkups
 
-        roi = self.roiNode is not None and self.roiNode.GetNumberOfControlPoints() > 0
-        return roi or len(pointsFromMarkups(self.positiveNode, self.negativeNode)[0]) > 0
+        return isBoxComplete(self.roiNode) or len(pointsFromMarkups(self.positiveNode, self.negativeNode)[0]) > 0
 
     def _promptSet(self, sliceIndex):
-        from ..mrml.markupprompts import promptsFromMarkups
+        from ..mrml.markupprompts import isBoxComplete, promptsFromMarkups
         from ..mrml.volumegeometry import sliceIndexFromSliceNode
 
         self._requireVolume()
-        roi = self.roiNode if self.roiNode is not None and self.roiNode.GetNumberOfControlPoints() > 0 else None
+        roi = self.roiNode if isBoxComplete(self.roiNode) else None  # a box still being drawn is no prompt yet
         args = (self.volumeNode, self.source, self.axis, roi, self.positiveNode, self.negativeNode)
         promptSet = promptsFromMarkups(*args, sliceIndex=sliceIndex)
         if sliceIndex is None and promptSet.sliceRange is not None and self.sliceNode is not None:
