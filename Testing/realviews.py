@@ -4,11 +4,10 @@ slicer-core, the controller with an injected scheduler, and a main loop that idl
 Slicer's main thread holds the GIL while it waits in the Qt event loop (PythonQt
 runs without thread support), so a worker thread gets the GIL only when the
 main thread releases it. SlicerLikeMainLoop reproduces that: between ticks it
-sleeps in C with the GIL held (ctypes.PyDLL calls keep the GIL; time.sleep
-would release it), then runs the scheduler's due calls, like QTimers firing.
+sleeps with the GIL held (IdleMainThread.idleHoldingGil; time.sleep would
+release it), then runs the scheduler's due calls, like QTimers firing.
 """
 
-import ctypes
 import sys
 import time
 
@@ -16,20 +15,13 @@ from conftest import REPO
 
 sys.path.insert(0, str(REPO / "MedSAMSlicer" / "Testing" / "Python"))
 
+from IdleMainThread import idleHoldingGil  # noqa: E402
 from SliceViewDriver import SliceViewDriver  # noqa: E402
 
 from MedSAMSlicerLib.interaction.controller import BUTTON_ACTIONS, InteractionController  # noqa: E402
 from MedSAMSlicerLib.interaction.parameters import ModuleParameters  # noqa: E402
 from MedSAMSlicerLib.interaction.scheduler import ManualScheduler  # noqa: E402
 from MedSAMSlicerLib.workflow.logic import MedSAMLogic  # noqa: E402
-
-_LIBC = ctypes.PyDLL(None)  # PyDLL: foreign calls keep the GIL
-
-
-def idleHoldingGil(ms: float) -> None:
-    """Block the calling thread for ``ms`` milliseconds without releasing the GIL (an idle Qt event loop in Slicer)."""
-    _LIBC.usleep(int(ms * 1000))
-
 
 class SlicerLikeMainLoop:
     """Drive a ManualScheduler in real time from a main thread that holds the GIL while idle.

@@ -9,7 +9,7 @@ scene does not cancel them). A live preview never asks or downloads: it only
 says what to do.
 """
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 from ..core.progress import Signal
 from ..models import dependencies, download, enginefactory
@@ -33,6 +33,9 @@ class EngineLoader:
         self.status = Signal()
         self.engineKey = None
         self.dependenciesDeclined = False
+        #: Keyword arguments for dependencies.checkDependencies/ensureDependencies (requirements, importable,
+        #: torchInstaller, pipInstaller); empty: Resources/requirements.txt, PyTorchUtils and pip, as in Slicer.
+        self.dependencyOptions = {}
 
     def readiness(self, modelId: str, device: str, checkpointPath: Optional[str]) -> ModelReadiness:
         """What the model still needs (models/modelmanager.modelReadiness)."""
@@ -68,7 +71,8 @@ class EngineLoader:
 
         Returns False when nothing was started (declined, already installed, or busy).
         """
-        status = dependencies.checkDependencies()
+        options = self.dependencyOptions
+        status = dependencies.checkDependencies(options.get("requirements"), options.get("importable", dependencies.isImportable))
         if status.ok:
             self.status.emit("The Python packages for MedSAM and SAM are installed.")
             if then is not None:
@@ -81,7 +85,10 @@ class EngineLoader:
         self.dependenciesDeclined = False
 
         def work(progress, cancel):
-            return dependencies.ensureDependencies(lambda text: True, progress=progress)  # the user already said yes
+            # The user already said yes. In Slicer the installers read pip's output line by line and call
+            # slicer.app.processEvents() (slicer.util.logProcessOutput, 5.10): on a thread without a Qt event
+            # loop that returns at once (QCoreApplication::processEvents), and the window stays usable meanwhile.
+            return dependencies.ensureDependencies(lambda text: True, progress=progress, **options)
 
         def installed(result):
             self.status.emit("The Python packages for MedSAM and SAM are installed.")
@@ -116,8 +123,8 @@ class EngineLoader:
             modelId, device=device, checkpointPath=checkpoint), loaded, interactive=True, sceneBound=False))
 
 
-def describeDependencies() -> str:
-    """One line for the panel: the MedSAM/SAM packages are installed, or which are missing."""
+def dependencyStatusLine() -> Tuple[str, bool]:
+    """(one line for the panel: the MedSAM/SAM packages are installed, or which are missing; True when installed)."""
     status = dependencies.checkDependencies()
     missing = status.missingTorch + status.missingRequirements
-    return "MedSAM/SAM packages: " + ("installed" if status.ok else "missing " + ", ".join(missing))
+    return "MedSAM/SAM packages: " + ("installed" if status.ok else "missing " + ", ".join(missing)), status.ok

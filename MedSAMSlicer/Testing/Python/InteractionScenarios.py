@@ -279,3 +279,20 @@ class InteractionScenarios:
         """The index across ``axis`` (I or J) of the plane through the tube's middle slice's centre."""
         rows, cols = np.nonzero(self.truthKji[24])
         return int(round(cols.mean() if axis == 0 else rows.mean()))
+
+    def test_apply_writes_the_preview_into_a_new_segment_and_undo_takes_it_back(self):
+        from MedSAMSlicerLib.mrml.segmentwriter import segmentMaskKji
+
+        self.loadTube()
+        k = 24
+        self.drawBox("Red", *self.boxAroundTruth(2, k))
+        self.env.settle()
+        preview = self.env.controller.logic.previewMaskKji.copy()
+        self.env.press("applyButton")  # no segmentation chosen: Apply creates one, and a segment
+        parameters = self.env.parameters
+        self.assertIsNotNone(parameters.segmentation, f"nothing applied; status: {self.env.lastStatus}")
+        written = segmentMaskKji(parameters.segmentation, parameters.segmentId, self.volume).astype(bool)
+        self.assertTrue(np.array_equal(written, preview), "the segment differs from the preview applied")
+        self.env.press("undoButton")
+        self.assertFalse(segmentMaskKji(parameters.segmentation, parameters.segmentId, self.volume).any())
+        self.assertEqual(self.env.errors, [])
