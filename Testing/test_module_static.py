@@ -235,6 +235,15 @@ def test_extension_cmake_has_the_extensions_index_metadata():
         assert re.search(rf'set\({variable} "[^"]+"\)', text), f"{variable} missing or empty"
     assert 'set(EXTENSION_DEPENDS "PyTorch")' in text
     assert "add_subdirectory(MedSAMSlicer)" in text
+    # As Slicer 5.10's extension template (Utilities/Templates/Extensions/Default/CMakeLists.txt at v5.10.0).
+    assert text.startswith("cmake_minimum_required(VERSION 3.20.6...3.22.6 FATAL_ERROR)")
+    contributors = re.search(r'set\(EXTENSION_CONTRIBUTORS "([^"]+)"\)', text).group(1)
+    assert all(re.fullmatch(r"[^(),]+ \([^()]+\)", person.strip()) for person in contributors.split(",")), contributors
+    screenshot = re.search(r'set\(EXTENSION_SCREENSHOTURLS "([^"]+)"\)', text).group(1)
+    path = REPO / "Resources" / screenshot.rsplit("/", 1)[1]
+    header = path.read_bytes()[:24]  # committed, a PNG, view-sized and small
+    assert header[:8] == b"\x89PNG\r\n\x1a\n" and min(struct.unpack(">II", header[16:24])) >= 256
+    assert path.stat().st_size < 200_000
 
 
 @pytest.mark.parametrize("path", [MODULE_DIR / "Resources" / "Icons" / "MedSAMSlicer.png", REPO / "Resources" / "MedSAMSlicer.png"])

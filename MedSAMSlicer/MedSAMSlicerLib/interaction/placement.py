@@ -16,7 +16,7 @@ from ..core.progress import Signal
 
 #: Prompt kinds, the markups class, base name and colour of the node holding each.
 PROMPT_NODES = {
-    "box": ("vtkMRMLMarkupsROINode", "MedSAM box", (1.0, 0.85, 0.15)),
+    "box": ("vtkMRMLMarkupsROINode", "MedSAM box", (0.3, 0.75, 1.0)),  # unlike the yellow preview (segmentwriter)
     "positive": ("vtkMRMLMarkupsFiducialNode", "MedSAM positive", (0.2, 0.9, 0.35)),
     "negative": ("vtkMRMLMarkupsFiducialNode", "MedSAM negative", (0.95, 0.25, 0.25)),
 }
@@ -32,8 +32,8 @@ def createPromptNode(scene, kind: str):
     display = node.GetDisplayNode()
     display.SetSelectedColor(*color)
     display.SetColor(*color)
-    if kind != "box":
-        display.SetPointLabelsVisibility(False)
+    display.SetPointLabelsVisibility(False)  # names over the image hide what is being segmented
+    display.SetPropertiesLabelVisibility(False)
     return node
 
 

@@ -58,8 +58,8 @@ class PromptWatcher:
     """Observe the prompt markups and say when the defined prompts change.
 
     Signals: changed() when the snapshot differs from the last one;
-    placed(sliceNode or None) when a control point is placed (the view the
-    mouse is in); boxCompleted(roiNode, sliceNode or None) when the second
+    placed(sliceNode or None) when a control point is placed by a click (the
+    view the mouse is in); boxCompleted(roiNode, sliceNode or None) when the second
     click completes a box.
     """
 
@@ -108,7 +108,11 @@ class PromptWatcher:
         self.nodes = (None, None, None)
 
     def _onPlaced(self, caller, event) -> None:
-        self.placed.emit(sliceNodeUnderCursor(self.scene))
+        # Placed by a click: Slicer is in place mode (vtkSlicerMarkupsWidget::PlacePoint defines the point before
+        # it ends place mode). A point defined in code (an ROI sized by a script) says nothing about a view.
+        interaction = self.scene.GetNodeByID("vtkMRMLInteractionNodeSingleton")
+        if interaction is not None and interaction.GetCurrentInteractionMode() == interaction.Place:
+            self.placed.emit(sliceNodeUnderCursor(self.scene))
         self._onEvent(caller, event)
 
     def _onEvent(self, caller, event) -> None:

@@ -73,6 +73,17 @@ class HeadlessSliceView:
         self.interactorStyle.SetSliceLogic(self.sliceLogic)
         self.interactorStyle.SetInteractor(self.interactor)
         self.interactor.Initialize()
+        # The slice image itself: in Slicer CTK's vtkLightBoxRendererManager draws the slice logic's RGBA output
+        # (not wrapped in slicer-core); here a 2D image actor behind everything draws it, as trame-slicer does.
+        self.imageMapper = vtk.vtkImageMapper()
+        self.imageMapper.SetColorWindow(255)
+        self.imageMapper.SetColorLevel(127.5)
+        self.imageActor = vtk.vtkActor2D()
+        self.imageActor.SetMapper(self.imageMapper)
+        self.imageActor.GetProperty().SetDisplayLocationToBackground()
+        self.renderer.AddViewProp(self.imageActor)
+        self._imageConnection = None
+        self.sliceLogic.AddObserver(vtk.vtkCommand.ModifiedEvent, self._onSliceLogicModified)
         self.sliceLogic.ResizeSliceNode(*size)
         self.renderWindow.Render()  # an OpenGL context before any picking (as qMRMLSliceView does)
         self._appLogic = appLogic
@@ -88,8 +99,18 @@ class HeadlessSliceView:
         """Render the view (display managers update their actors)."""
         self.renderWindow.Render()
 
+    def _onSliceLogicModified(self, caller, event) -> None:
+        connection = self.sliceLogic.GetImageDataConnection()
+        if connection is not self._imageConnection:
+            self._imageConnection = connection
+            self.imageMapper.SetInputConnection(connection)
+            self.imageActor.SetVisibility(connection is not None)
+
     def close(self) -> None:
-        """Detach the view from the scene and release its OpenGL context."""
+        """Detach the view from the scene and release its OpenGL context; the mouse leaves it."""
+        crosshair = self.sliceLogic.GetMRMLScene().GetFirstNodeByClass("vtkMRMLCrosshairNode")
+        if crosshair is not None:
+            crosshair.SetCursorPositionInvalid()  # what a LeaveEvent does (vtkMRMLSliceViewInteractorStyle)
         self.interactorStyle.SetInteractor(None)
         self.displayableManagerGroup.SetMRMLDisplayableNode(None)
         self._appLogic.GetSliceLogics().RemoveItem(self.sliceLogic)
