@@ -332,6 +332,8 @@ class MedSAMSlicerTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         """Load the scenarios next to this file and run every test_ method; fail if any fails."""
+        if not SUPPORTED:
+            self.skipTest("MedSAM needs Slicer %d.%d or later" % MINIMUM_SLICER_VERSION)
         path = os.path.join(os.path.dirname(__file__), "Testing", "Python", "MedSAMSlicerTest.py")
         spec = importlib.util.spec_from_file_location("MedSAMSlicerSelfTestScenarios", path)
         scenarios = importlib.util.module_from_spec(spec)

@@ -251,3 +251,42 @@ def test_icons_are_128_pixel_pngs(path):
     header = path.read_bytes()[:24]
     assert header[:8] == b"\x89PNG\r\n\x1a\n"
     assert struct.unpack(">II", header[16:24]) == (128, 128)
+
+
+def _functionSource(tree, className, functionName):
+    cls = _classNode(tree, className)
+    return ast.unparse(next(node for node in cls.body if isinstance(node, ast.FunctionDef) and node.name == functionName))
+
+
+def test_widget_keeps_one_parameter_wrapper_and_never_echoes_the_segment_selector(moduleTree):
+    # Review item 6: a new wrapper per getParameterNode() call left GUI connections behind (5.8's tag bug);
+    # one wrapper per MRML node, and at most one connection, disconnected before the next.
+    getter = _functionSource(moduleTree, "MedSAMSlicerLogic", "getParameterNode")
+    assert "self._parameterWrapper is None or self._parameterWrapper.parameterNode is not node" in getter
+    assert getter.count("MedSAMSlicerParameterNode(") == 1
+    setter = _functionSource(moduleTree, "MedSAMSlicerWidget", "setParameterNode")
+    assert setter.index("disconnectGui") < setter.index("connectGui(self.ui)")
+    # Review item 7: the selector is updated with its signals blocked, and read as a (segmentation, segment) pair.
+    shown = _functionSource(moduleTree, "MedSAMSlicerWidget", "onParameterNodeModified")
+    assert "blockSignals(True)" in shown and "blockSignals(wasBlocked)" in shown
+    read = _functionSource(moduleTree, "MedSAMSlicerWidget", "_onSegmentSelectorChanged")
+    assert "setSegmentSelection(self.ui.segmentSelector.currentNode(), self.ui.segmentSelector.currentSegmentID())" in read
+
+
+def test_widget_reload_reloads_the_library_first_and_cleanup_stops_everything(moduleTree):
+    reload = _functionSource(moduleTree, "MedSAMSlicerWidget", "onReload")
+    assert reload.index("reloadLibrary()") < reload.index("ScriptedLoadableModuleWidget.onReload(self)")
+    cleanup = _functionSource(moduleTree, "MedSAMSlicerWidget", "cleanup")
+    for call in ("self._scheduler.stop()", "self.controller.cleanup()", "self.removeObservers()", "self._removeShortcuts()"):
+        assert call in cleanup, call
+
+
+def test_panel_and_guide_say_what_really_happens(uiWidgets):
+    from MedSAMSlicerLib.interaction.parameters import ApplyMode
+
+    tooltip = uiWidgets["applyModeComboBox"][1]["toolTip"]
+    assert all(mode.label() in tooltip for mode in ApplyMode) and "default" in tooltip
+    assert "click the opposite corner" in uiWidgets["boxButton"][1]["toolTip"]
+    guide = (REPO / "docs" / "user-guide.md").read_text(encoding="utf-8")
+    assert "**click** one corner" in guide and "**move**" in guide and "5.10 or later" in guide
+    assert "drag a box" not in guide and "*Add segment* in the selector" not in guide
