@@ -100,10 +100,6 @@ class JobRunner:
             self._poll.cancel()
         self._job = self._poll = self.task = None
 
-    def waitForWorker(self, timeoutS: float) -> bool:
-        """Block until the running job's worker returns (console and tests only); True when none is left running."""
-        return self._job is None or self._job.wait(timeoutS)
-
     def _pollJob(self) -> None:
         """Main thread: hand the GIL to the worker for a while, report progress, finish the task when done."""
         self._poll = None

@@ -58,11 +58,6 @@ class ManualScheduler:
         """Number of calls queued and not cancelled."""
         return sum(1 for _, _, call in self._queue if not call.cancelled)
 
-    def nextDueMs(self) -> Optional[float]:
-        """Clock time of the next call not cancelled, or None when nothing is queued."""
-        due = [when for when, _, call in self._queue if not call.cancelled]
-        return min(due) if due else None
-
     def advance(self, ms: float = 0.0) -> int:
         """Move the clock forward by ``ms`` and run every call due by then; returns how many ran."""
         target = self.nowMs + max(0.0, float(ms))
