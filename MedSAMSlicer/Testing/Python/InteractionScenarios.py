@@ -296,3 +296,22 @@ class InteractionScenarios:
         self.env.press("undoButton")
         self.assertFalse(segmentMaskKji(parameters.segmentation, parameters.segmentId, self.volume).any())
         self.assertEqual(self.env.errors, [])
+
+    def test_start_here_and_end_here_take_the_slices_shown_in_the_view_used(self):
+        self.loadTube()
+        k = 24
+        cornerA, cornerB = self.boxAroundTruth(2, k)
+        self.drawBox("Red", cornerA, cornerB)
+        self.env.settle()
+        red = self.env.views["Red"]
+        step = np.array((0.0, 0.0, TUBE_SPACING_IJK[2]))
+        red.showSliceThrough(np.asarray(cornerA) - 3 * step)  # scroll the Red view 3 slices down
+        self.env.press("startHereButton")
+        red.showSliceThrough(np.asarray(cornerA) + 4 * step)
+        self.env.press("endHereButton")
+        parameters = self.env.parameters
+        self.assertEqual((parameters.rangeStart, parameters.rangeEnd, parameters.rangeFromBox), (k - 3, k + 4, False))
+        self.env.press("propagateButton")
+        self.env.settle()
+        touched, _ = self.previewOnAxis(2)
+        self.assertEqual((touched[0], touched[-1]), (k - 3, k + 4), f"propagated outside Start/End: {touched}")
