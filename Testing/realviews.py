@@ -81,8 +81,10 @@ class HeadlessEnvironment:
         self.controller.parametersChanged()
 
     def press(self, buttonName):
-        """Click one of the panel's buttons: the action the module connects to it."""
-        BUTTON_ACTIONS[buttonName](self.controller)
+        """Click one of the panel's buttons: the action the module connects to it (a disabled button does nothing)."""
+        state = self.controller.buttonStates().get(buttonName)
+        if state is None or state.enabled:
+            BUTTON_ACTIONS[buttonName](self.controller)
         self.pump(0)
 
     def pressEscape(self):

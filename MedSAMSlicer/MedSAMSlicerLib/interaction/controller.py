@@ -21,7 +21,7 @@ import enum
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
-from ..core.errors import MedSAMError
+from ..core.errors import InputError, MedSAMError
 from ..core.progress import Signal
 from ..imaging.intensity import IntensityPolicy
 from ..models import download
@@ -58,7 +58,7 @@ BUTTON_ACTIONS = {
     "clearEmbeddingsButton": lambda controller: controller.clearEmbeddings(),
 }
 #: Buttons that act on the preview: off while a job runs.
-PREVIEW_BUTTONS = ("segmentSliceButton", "applyButton", "undoButton", "propagateButton", "startHereButton", "endHereButton")
+PREVIEW_BUTTONS = ("segmentSliceButton", "propagateButton", "startHereButton", "endHereButton")
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,7 @@ class InteractionController:
                                (self.engines, "status"), (logic, "status")):
             getattr(source, signal).connect(getattr(self, signal).emit)
         self.runner.busyChanged.connect(self._onBusyChanged)
+        logic.previewChanged.connect(self.stateChanged.emit)  # Apply needs a preview
         self.placeMode.changed.connect(self.stateChanged.emit)
         self.watcher.changed.connect(self._onPromptsChanged)
         self.watcher.placed.connect(self._onPlaced)
@@ -112,10 +113,13 @@ class InteractionController:
     # ------------------------------------------------------------------ inputs
 
     def parametersChanged(self) -> None:
-        """The parameters changed (the module's parameter node was modified): follow the prompt nodes and the volume."""
+        """The parameters changed (the module's parameter node was modified): follow the prompt nodes; another
+        volume drops the preview of the previous one."""
         p = self.parameters
         self.watcher.watch(p.roiNode, p.positiveNode, p.negativeNode)
         self.placeMode.setNodes(p.roiNode, p.positiveNode, p.negativeNode)
+        if self.logic.volumeNode is not None and p.inputVolume is not self.logic.volumeNode:
+            self.syncLogicInputs()
         self.stateChanged.emit()
 
     def setSegmentSelection(self, segmentationNode, segmentId: str) -> None:
@@ -259,6 +263,8 @@ class InteractionController:
             return False
         p = self.parameters
         try:
+            if self.logic.lastResult is None:  # before a segmentation or a segment is made for nothing
+                raise InputError("Nothing to apply: segment a slice or propagate first.")
             segmentId = p.segmentId or None
             if p.segmentation is not None and segmentId is not None and p.segmentation.GetSegmentation().GetSegment(segmentId) is None:
                 segmentId = p.segmentation.GetSegmentation().AddEmptySegment("")
@@ -365,6 +371,8 @@ class InteractionController:
         placing = self.placeMode.kind()
         states = {name: ButtonState(hasVolume, placing == kind) for kind, name in PROMPT_BUTTONS.items()}
         states.update({name: ButtonState(hasVolume and not busy) for name in PREVIEW_BUTTONS})
+        states["applyButton"] = ButtonState(hasVolume and not busy and self.logic.lastResult is not None)
+        states["undoButton"] = ButtonState(not busy and self.logic.canUndo)
         states["clearButton"] = ButtonState(hasVolume)
         states["cancelButton"] = states["cancelDownloadButton"] = ButtonState(busy)
         for name in ("downloadButton", "installDependenciesButton", "modelComboBox"):

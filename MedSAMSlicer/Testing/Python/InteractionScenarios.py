@@ -285,9 +285,11 @@ class InteractionScenarios:
 
         self.loadTube()
         k = 24
+        self.assertFalse(self.env.controller.buttonStates()["applyButton"].enabled, "nothing to apply yet")
         self.drawBox("Red", *self.boxAroundTruth(2, k))
         self.env.settle()
         preview = self.env.controller.logic.previewMaskKji.copy()
+        self.assertTrue(self.env.controller.buttonStates()["applyButton"].enabled)
         self.env.press("applyButton")  # no segmentation chosen: Apply creates one, and a segment
         parameters = self.env.parameters
         self.assertIsNotNone(parameters.segmentation, f"nothing applied; status: {self.env.lastStatus}")
