@@ -31,9 +31,9 @@ def runCli(tmp_path):
     environment = dict(os.environ, MEDSAM_SLICER_CACHE=str(tmp_path / "cache"))
     environment["PYTHONPATH"] = os.pathsep.join([str(REPO / "MedSAMSlicer"), environment.get("PYTHONPATH", "")])
 
-    def run(*args):
+    def run(*args, timeout=300):
         return subprocess.run(cliCommand() + [str(a) for a in args], capture_output=True, text=True,
-                              env=environment, timeout=300)
+                              env=environment, timeout=timeout)
     return run
 
 

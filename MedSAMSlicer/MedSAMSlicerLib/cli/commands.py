@@ -16,7 +16,7 @@ import numpy as np
 
 from .options import AXES
 from ..core.errors import DownloadError, InputError, PromptError
-from ..mrml.imageio import checkOutputPath, readImage, writeLabelmap, writeSegmentation
+from ..mrml.imageio import checkOutputHoldsGeometry, checkOutputPath, readImage, writeLabelmap, writeSegmentation
 from ..mrml.volumegeometry import dimensionsIjk, ijkToRas, ijkToWorld, rasToIjk
 
 WEIGHT_FREE_MODEL = "growcut"
@@ -54,13 +54,14 @@ def resolveModel(value):
 
     if value is None:
         name = _defaultModelName()
-        note = None
-        if name == WEIGHT_FREE_MODEL:
-            note = ("MedSAM weights are not in the model cache (get them with `medsam-slicer download medsam`): "
-                    "using the weight-free growcut engine.")
-        return name, None, note
+        return name, None, _weightFreeNote() if name == WEIGHT_FREE_MODEL else None
     if os.path.isfile(value):
         return "custom", os.path.abspath(value), None
+    if os.path.isdir(value):
+        raise InputError(f"--model {value} is a folder: give the checkpoint file (.pth) inside it, or a model name "
+                         f"({', '.join(registry.modelNames())}).")
+    if os.path.exists(value):
+        raise InputError(f"--model {value} is not a regular file (a pipe, device or socket): give a checkpoint file.")
     if os.sep in value or value.lower().endswith((".pth", ".pt", ".ckpt", ".bin")):
         raise InputError(f"checkpoint file {value} not found: check the path, or give a model name "
                          f"({', '.join(registry.modelNames())}).")
@@ -70,6 +71,8 @@ def resolveModel(value):
         raise InputError(f"{error} Or give the path of a checkpoint file.") from None
     if spec.kind == "file":
         raise InputError(f"--model {value} needs a checkpoint: give its path as --model PATH.")
+    if spec.kind == "download":
+        _requireIntact(spec)
     if spec.kind == "download" and not _isCached(spec):
         raise DownloadError(f"the weights of {spec.modelId} are not downloaded: run `medsam-slicer download "
                             f"{spec.modelId}` first, or use --model growcut (weight-free).")
@@ -88,6 +91,27 @@ def _isCached(spec) -> bool:
     from ..models.download import isModelCached
 
     return isModelCached(spec)
+
+
+def _requireIntact(spec) -> None:
+    """DownloadError with the one damaged-file message when the model's cached weights are damaged."""
+    from ..models.download import requireIntactModel
+
+    requireIntactModel(spec)
+
+
+def _weightFreeNote() -> str:
+    """Why the default is the weight-free engine: MedSAM's weights are missing, or damaged (then the way out)."""
+    from ..models.download import DAMAGED, cacheStatus, damagedModelMessage
+    from ..models.enginefactory import DEFAULT_SAM_MODEL
+    from ..models.registry import getModelSpec
+
+    spec = getModelSpec(DEFAULT_SAM_MODEL)
+    status, problem = cacheStatus(spec)
+    if status == DAMAGED:
+        return f"{damagedModelMessage(spec, problem)} Meanwhile using the weight-free growcut engine."
+    return ("MedSAM weights are not in the model cache (get them with `medsam-slicer download medsam`): "
+            "using the weight-free growcut engine.")
 
 
 def announceModel(model) -> None:
@@ -209,6 +233,7 @@ def runSegment(args) -> int:
     model = resolveModel(args.model)
     scene = newScene(args)
     volumeNode = readImage(args.image, scene, args.volume_index)
+    checkOutputHoldsGeometry(args.out, volumeNode)  # a skewed grid in NIfTI: refused now, not after segmenting
     axis = AXES[args.axis]
     roi, positive, negative = addPromptNodes(scene, volumeNode, args.prompts, axis)
     logic = createLogic(scene, volumeNode, model, args.device)
@@ -268,14 +293,17 @@ def segmentSummary(logic, maskKji, axis, writeSeconds, totalSeconds) -> dict:
 
 def runModels(args) -> int:
     """`models`: the registry with each model's cache status (and --json)."""
-    from ..models.download import isModelCached, modelCacheFolder, modelPath
+    from ..models.download import CACHED, DAMAGED, cacheStatus, modelCacheFolder, modelPath
     from ..models.registry import loadRegistry
 
     rows = []
     for spec in loadRegistry().values():
         if spec.kind == "download":
-            cached = isModelCached(spec)
+            state, problem = cacheStatus(spec)
+            cached = state == CACHED
             status = f"cached at {modelPath(spec)}" if cached else f"not downloaded ({_megabytes(spec.sizeBytes)})"
+            if state == DAMAGED:
+                status = f"DAMAGED ({problem}): run `medsam-slicer download {spec.modelId} --force`"
         else:
             cached = None
             status = "weight-free, always available" if spec.kind == "builtin" else "your checkpoint: --model PATH"
@@ -328,20 +356,29 @@ class StderrProgress:
 
 
 def runDownload(args) -> int:
-    """`download MODEL`: fetch a registry model's weights into the cache (resumes, verifies SHA-256)."""
-    from ..models.download import ensureModel, isModelCached, modelPath
+    """`download MODEL [--force]`: fetch a registry model's weights into the cache (resumes, verifies SHA-256).
+
+    A cached file that is damaged (another size or SHA-256) is an error with the
+    way out unless --force, which downloads the model again whatever is cached.
+    """
+    from ..models.download import (CACHED, DAMAGED, cacheStatus, damagedModelMessage, ensureModel, modelPath,
+                                   prepareCacheFolder)
     from ..models.registry import getModelSpec
 
     spec = getModelSpec(args.model)
     if spec.kind != "download":
         raise InputError(f"{spec.modelId} has nothing to download ({'weight-free' if spec.kind == 'builtin' else 'you give its file'}).")
-    if isModelCached(spec):
-        print(f"{spec.modelId} is already in the cache: {modelPath(spec)}")
+    prepareCacheFolder(modelPath(spec).parent)
+    status, problem = cacheStatus(spec)
+    if status == CACHED and not args.force:
+        print(f"{spec.modelId} is already in the cache (size and SHA-256 checked): {modelPath(spec)}")
         return 0
+    if status == DAMAGED and not args.force:
+        raise DownloadError(damagedModelMessage(spec, problem))
     info(f"downloading {spec.displayName} ({_megabytes(spec.sizeBytes)}) to {modelPath(spec).parent}")
     progress = StderrProgress(f"downloading {spec.fileName}", pipedLines=True)
     try:
-        path = ensureModel(spec, progress=progress)
+        path = ensureModel(spec, progress=progress, force=args.force)
     finally:
         progress.finish()
     print(f"{spec.modelId} downloaded and verified: {path}")

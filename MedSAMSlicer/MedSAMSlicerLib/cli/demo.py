@@ -71,11 +71,12 @@ def runDemo(args) -> int:
     """Generate, segment from one box with propagation, write the outputs, print Dice and the time taken."""
     from ..workflow import simulateduser
     from .commands import addBoxRoiIjk, announceModel, createLogic, info, newScene, resolveModel
-    from ..mrml.imageio import prepareOutputFolder, writeSegmentation, writeVolume
+    from ..core.atomicfiles import checkOutputLocation
+    from ..mrml.imageio import writeSegmentation, writeVolume
 
     started = time.perf_counter()
     outFolder = os.path.abspath(args.out)
-    prepareOutputFolder(os.path.join(outFolder, "demo.seg.nrrd"))
+    checkOutputLocation(os.path.join(outFolder, "demo.seg.nrrd"), what="demo output")
     model = resolveModel(args.model)
     modelName = model[0]
     announceModel(model)
@@ -133,7 +134,7 @@ def writeMontage(volumeNode, maskKji, truthKji, path, sliceCount: int = MONTAGE_
     import slicer
     from PIL import Image
 
-    from ..mrml.imageio import atomicOutput
+    from ..core.atomicfiles import atomicOutput
 
     voxels = slicer.util.arrayFromVolume(volumeNode)
     rows = np.nonzero(truthKji.any(axis=(1, 2)))[0]

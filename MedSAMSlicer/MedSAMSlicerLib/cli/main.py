@@ -5,27 +5,36 @@
                   [--propagate] [--model NAME|PATH] [--device auto|cuda|mps|cpu] [--json] [--debug]
     medsam-slicer evaluate IMAGE LABEL [--label N] [--model ...] [--clicks N] [--json]
     medsam-slicer models
-    medsam-slicer download MODEL
+    medsam-slicer download MODEL [--force]
     medsam-slicer demo [--out DIR]
 
 This file only parses and checks arguments (fast: no torch, no slicer import);
 the commands live in commands.py and demo.py. Errors a user can cause are
 MedSAMError subclasses: they are printed as one line on stderr and the process
 exits with status 2 (1 for other failures); --debug shows the traceback.
+SIGINT, SIGTERM and SIGHUP end a command through core/interrupts.py, so that no
+partial or temporary file is left behind; the status is then 128 + the signal.
 """
 
 import argparse
 import logging
+import math
+import os
+import signal
 import sys
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 from ..core.errors import InputError, MedSAMError, PromptError
+from ..core.interrupts import STOP_SIGNALS, installStopHandlers
 from .options import AXES
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
 EXIT_USER_ERROR = 2
 EXIT_FAILURE = 1
+#: evaluate --clicks: interactive segmentation benchmarks count up to 20 clicks; far beyond that a simulated
+#: user only burns time (each click re-propagates), so the budget is capped.
+MAX_CLICKS = 50
 
 
 @dataclass
@@ -54,10 +63,13 @@ def _numbers(text: str, count: int, option: str, form: str, integer: bool) -> li
     try:
         if len(parts) != count:
             raise ValueError
-        return [int(part) for part in parts] if integer else [float(part) for part in parts]
+        values = [int(part) for part in parts] if integer else [float(part) for part in parts]
     except ValueError:
         kind = "integers" if integer else "numbers"
         raise PromptError(f"{option} {text!r}: expected {count} comma-separated {kind}, {form}.") from None
+    if not all(math.isfinite(value) for value in values):
+        raise PromptError(f"{option} {text!r}: every value must be a finite number (not nan or inf), {form}.")
+    return values
 
 
 def parseBoxIjk(text: str, axis: int = 2) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
@@ -193,6 +205,8 @@ def buildParser() -> argparse.ArgumentParser:
 
     download = sub.add_parser("download", help="download a model's weights into the cache (resumes, checks SHA-256)")
     download.add_argument("model", metavar="MODEL")
+    download.add_argument("--force", action="store_true",
+                          help="download again even if the cache holds the file (replaces a damaged file)")
     _addCommonOptions(download)
 
     demo = sub.add_parser("demo", help="segment a generated CT-like volume from one box and report Dice and time")
@@ -205,13 +219,19 @@ def buildParser() -> argparse.ArgumentParser:
 
 
 def _validate(args) -> None:
-    """Checks that need no image: prompts' syntax, counts. Raises InputError/PromptError."""
+    """Checks that need no image: prompts' syntax, numbers in range, paths of the right kind. InputError/PromptError."""
     if args.command == "segment":
         args.prompts = promptArguments(args)
     if getattr(args, "volume_index", None) is not None and args.volume_index < 0:
         raise InputError(f"--volume-index {args.volume_index}: give a volume number from 0.")
-    if args.command == "evaluate" and args.clicks < 0:
-        raise InputError(f"--clicks {args.clicks}: give a click budget of 0 or more.")
+    if args.command == "evaluate":
+        if not 0 <= args.clicks <= MAX_CLICKS:
+            raise InputError(f"--clicks {args.clicks}: give a click budget from 0 to {MAX_CLICKS}.")
+        if args.label == 0:
+            raise InputError("--label 0 is the background: give the label value of the structure to score "
+                             "(leave --label out and the error lists the values present).")
+    if args.command == "demo" and os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise InputError(f"--out {args.out} is a file: the demo writes several files into a folder; give a folder name.")
 
 
 def _run(args) -> int:
@@ -250,7 +270,9 @@ def joinNegativeValues(argv: Sequence[str]) -> List[str]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of `medsam-slicer`: parse, validate, run; one stderr line and a non-zero status on errors."""
     args = buildParser().parse_args(joinNegativeValues(sys.argv[1:] if argv is None else list(argv)))
+    previousHandlers = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     try:
+        installStopHandlers()
         _validate(args)
         if not args.debug:
             logging.getLogger("MedSAMSlicerLib").setLevel(logging.ERROR)
@@ -260,15 +282,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"medsam-slicer {args.command}: error: {_oneLine(error)}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print(f"medsam-slicer {args.command}: interrupted; nothing was written.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        signum = getattr(interrupt, "signum", signal.SIGINT)
+        print(f"medsam-slicer {args.command}: stopped by {signal.Signals(signum).name}; no partial or temporary "
+              "file was left behind.", file=sys.stderr)
+        return 128 + signum
     except Exception as error:  # noqa: BLE001 - the CLI must end with one line, not a traceback
         if args.debug:
             raise
         print(f"medsam-slicer {args.command}: internal error: {type(error).__name__}: {_oneLine(error)} "
               "(run again with --debug for the traceback and report it)", file=sys.stderr)
         return EXIT_FAILURE
+    finally:
+        for signum, handler in previousHandlers.items():
+            signal.signal(signum, handler)
 
 
 def _oneLine(error: BaseException) -> str:

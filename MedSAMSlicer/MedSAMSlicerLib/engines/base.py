@@ -37,8 +37,12 @@ class Prompts:
         self.pointLabels = np.asarray(self.pointLabels, dtype=np.int32).reshape(-1)
         if len(self.pointsXy) != len(self.pointLabels):
             raise PromptError(f"{len(self.pointsXy)} points but {len(self.pointLabels)} labels: give one label per point.")
+        if not np.all(np.isfinite(self.pointsXy)):
+            raise PromptError("A point's position is not a number (NaN or infinite): place the point again.")
         if self.boxXyxy is not None:
             x0, y0, x1, y1 = (float(v) for v in self.boxXyxy)
+            if not np.all(np.isfinite((x0, y0, x1, y1))):
+                raise PromptError("The box's corners are not numbers (NaN or infinite): draw the box again.")
             self.boxXyxy = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
 
     @property

@@ -253,9 +253,31 @@ def loadSamModel(path, architecture: Optional[str] = None):
     model = buildSamModel(info)
     try:
         model.load_state_dict(stateDict, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{Path(path).name} looks like {info.describe()} but its weights do not load into that "
-                              f"model ({str(exc).splitlines()[0][:200]}). The file may be from another SAM variant; "
-                              "choose a SAM/MedSAM ViT checkpoint.") from None
+    except RuntimeError:
+        raise CheckpointError(f"{Path(path).name} looks like {info.describe()} but its tensors do not fit that model: "
+                              f"{describeStateDictMismatch(model.state_dict(), stateDict)}. The file may be from "
+                              "another SAM variant or damaged; choose a SAM/MedSAM ViT checkpoint.") from None
     logger.info("Loaded %s as %s", path, info.describe())
     return model, info.name
+
+
+def describeStateDictMismatch(expected: Mapping, given: Mapping, limit: int = 3) -> str:
+    """Why ``given`` (a checkpoint's tensors) does not load into a model whose state dict is ``expected``.
+
+    Names the first ``limit`` missing, unexpected and wrong-shape tensors (in the
+    model's order; unexpected ones in the file's), with counts of the rest, e.g.
+    "missing: mask_decoder.iou_token.weight; wrong shape: a.weight is (1, 16) in
+    the file, (1, 32) in the model". torch's own message lists every tensor on
+    one line without saying which kind matters.
+    """
+    def listed(names):
+        shown = ", ".join(names[:limit])
+        return shown + (f" (and {len(names) - limit} more)" if len(names) > limit else "")
+
+    missing = [key for key in expected if key not in given]
+    unexpected = [key for key in given if key not in expected]
+    wrongShape = [f"{key} is {tuple(given[key].shape)} in the file, {tuple(expected[key].shape)} in the model"
+                  for key in expected if key in given and tuple(given[key].shape) != tuple(expected[key].shape)]
+    parts = [f"{kind}: {listed(names)}" for kind, names in
+             (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrongShape)) if names]
+    return "; ".join(parts) or "every tensor name and shape matches (a dtype the model cannot take?)"

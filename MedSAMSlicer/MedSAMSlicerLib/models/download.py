@@ -4,10 +4,18 @@ Downloads go to "<file>.part" and are renamed only once the size and SHA-256
 match, so a failed or interrupted download never leaves a file that looks like
 a model. A later attempt resumes the .part with an HTTP Range request (and
 starts over when the server ignores Range). Standard library only.
+
+A cached file counts as present only when its size and, where the registry
+knows it, its SHA-256 match. Hashing a 2.5 GB file takes seconds, so a verified
+file gets a stamp beside it ("<file>.verified": size, modification time and
+hash); the file is hashed again only when it changed. A damaged file gets one
+message everywhere (damagedModelMessage) with the way out: `medsam-slicer
+download MODEL --force`, or delete the file and download it again.
 """
 
 import hashlib
 import http.client
+import json
 import logging
 import os
 import re
@@ -26,6 +34,9 @@ CACHE_ENV = "MEDSAM_SLICER_CACHE"
 USER_AGENT = "MedSAMSlicer (+https://github.com/bowang-lab/MedSAM)"
 CHUNK_BYTES = 1 << 20
 TIMEOUT_S = 30.0
+STAMP_SUFFIX = ".verified"
+#: cacheStatus() results.
+CACHED, MISSING, DAMAGED = "cached", "missing", "damaged"
 
 _cacheFolderOverride: Optional[Path] = None
 
@@ -67,11 +78,84 @@ def modelPath(spec) -> Path:
 
 
 def isModelCached(spec) -> bool:
-    """True when the model's file is in the cache folder with the registry's byte size (no hashing)."""
+    """True when the model's file is in the cache folder with the registry's byte size and SHA-256 (when known)."""
+    return cacheStatus(spec)[0] == CACHED
+
+
+def cacheStatus(spec):
+    """(CACHED | MISSING | DAMAGED, what is wrong or None) for a registry model's cached weights file.
+
+    DAMAGED: the file has another size or SHA-256 than the registry says (an
+    interrupted copy, a file of another model under its name). The hash is
+    taken once per change of the file (see the module docstring).
+    """
     if not getattr(spec, "fileName", None):
-        return False
+        return MISSING, None
     path = modelPath(spec)
-    return path.is_file() and (spec.sizeBytes is None or path.stat().st_size == spec.sizeBytes)
+    if not path.is_file():
+        return MISSING, None
+    size = path.stat().st_size
+    if spec.sizeBytes is not None and size != spec.sizeBytes:
+        return DAMAGED, f"it has {size} bytes instead of {spec.sizeBytes}"
+    if not spec.sha256 or _stampMatches(path, spec.sha256):
+        return CACHED, None
+    try:
+        actual = _sha256File(path)
+    except OSError as error:
+        return DAMAGED, f"it cannot be read ({error.strerror})"
+    if actual != spec.sha256.lower():
+        return DAMAGED, f"its SHA-256 is {actual}, not the published {spec.sha256}"
+    _writeStamp(path, actual)
+    return CACHED, None
+
+
+def damagedModelMessage(spec, problem: str) -> str:
+    """The one message for a damaged cached weights file, with the way out."""
+    name = spec.aliases[0] if spec.aliases else spec.modelId
+    return (f"The cached weights of {spec.displayName} ({modelPath(spec)}) are damaged or not the published file: "
+            f"{problem}. Download them again with `medsam-slicer download {name} --force` (or the module's "
+            "Download button), or delete the file and download it again.")
+
+
+def requireIntactModel(spec) -> None:
+    """DownloadError with damagedModelMessage when the model's cached file is damaged (a missing file is no error here)."""
+    status, problem = cacheStatus(spec)
+    if status == DAMAGED:
+        raise DownloadError(damagedModelMessage(spec, problem))
+
+
+def _stampPath(path: Path) -> Path:
+    return path.with_name(path.name + STAMP_SUFFIX)
+
+
+def _stampMatches(path: Path, sha256: str) -> bool:
+    """True when the stamp beside ``path`` says this very file (size, mtime) was hashed to ``sha256``."""
+    try:
+        stamp = json.loads(_stampPath(path).read_text(encoding="utf-8"))
+        info = path.stat()
+        return stamp == {"size": info.st_size, "mtimeNs": info.st_mtime_ns, "sha256": sha256.lower()}
+    except (OSError, ValueError):
+        return False
+
+
+def _writeStamp(path: Path, sha256: str) -> None:
+    """Remember that ``path`` as it is now hashes to ``sha256`` (best effort: a read-only cache just hashes again)."""
+    info = path.stat()
+    try:
+        _stampPath(path).write_text(json.dumps({"size": info.st_size, "mtimeNs": info.st_mtime_ns,
+                                                "sha256": sha256.lower()}), encoding="utf-8")
+    except OSError:
+        pass
+
+
+def prepareCacheFolder(folder: Path) -> Path:
+    """Create the model cache folder if needed; InputError saying how to choose another when it cannot be made."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"Cannot create the model cache folder {folder} ({error.strerror}). Set {CACHE_ENV} to a "
+                         "writable folder (or choose another cache folder in the module's settings).") from None
+    return folder
 
 
 def _cancelled(cancel: CancelLike) -> bool:
@@ -119,15 +203,17 @@ def downloadFile(url: str, destPath, sha256: Optional[str] = None, sizeBytes: Op
     """
     destPath = Path(destPath)
     partPath = destPath.with_name(destPath.name + ".part")
-    destPath.parent.mkdir(parents=True, exist_ok=True)
+    prepareCacheFolder(destPath.parent)
     offset = partPath.stat().st_size if partPath.exists() else 0
     if sizeBytes is not None and offset > sizeBytes:
         partPath.unlink()
         offset = 0
     if sizeBytes is None or offset < sizeBytes:
         _transfer(url, destPath, partPath, offset, sizeBytes, progress, cancel)
-    _verify(url, destPath, partPath, sha256, sizeBytes)
+    actual = _verify(url, destPath, partPath, sha256, sizeBytes)
     os.replace(partPath, destPath)
+    if actual:
+        _writeStamp(destPath, actual)
     reportProgress(progress, 1.0, f"Downloaded {destPath.name}")
     logger.info("Downloaded %s to %s", url, destPath)
     return destPath
@@ -192,10 +278,12 @@ def _copyBody(response, url, destPath: Path, partPath: Path, start: int, total, 
                             f"({type(exc).__name__}: {exc}). Run the download again to resume it.") from None
 
 
-def _verify(url, destPath: Path, partPath: Path, sha256: Optional[str], sizeBytes: Optional[int]) -> None:
-    """Check size and checksum of the finished .part; delete it and raise DownloadError on a mismatch."""
+def _verify(url, destPath: Path, partPath: Path, sha256: Optional[str], sizeBytes: Optional[int]) -> Optional[str]:
+    """Check size and checksum of the finished .part; delete it and raise DownloadError on a mismatch.
+
+    Returns the SHA-256 checked (None when none was expected)."""
     size = partPath.stat().st_size if partPath.exists() else 0
-    problem = None
+    problem = actual = None
     if sizeBytes is not None and size != sizeBytes:
         problem = f"it has {size} bytes instead of {sizeBytes}"
     elif sha256:
@@ -207,18 +295,29 @@ def _verify(url, destPath: Path, partPath: Path, sha256: Optional[str], sizeByte
         raise DownloadError(f"The file downloaded from {url} is not the expected {destPath.name}: {problem}. It was "
                             "deleted; try again later, or download the file by hand and put it at "
                             f"{destPath}.")
+    return actual
 
 
-def ensureModel(spec, progress: Optional[ProgressCallback] = None, cancel: CancelLike = None) -> Path:
-    """Path of a registry model's weights, downloading them into the cache folder if missing.
+def ensureModel(spec, progress: Optional[ProgressCallback] = None, cancel: CancelLike = None,
+                force: bool = False) -> Path:
+    """Path of a registry model's weights, downloading them into the cache folder if missing or damaged.
 
-    Tries the spec's URLs in order. Raises DownloadError naming the file, the
-    URL(s) and the folder where the file can be put by hand when every source
-    fails; CancelledError when cancelled; InputError for weight-free models.
+    A damaged cached file (another size or SHA-256) is deleted and downloaded
+    again: calling this is asking for the model. force: download again even
+    when the cached file is intact (it is replaced only once the new file is
+    verified, so a failed download keeps it). Tries the spec's URLs in
+    order. Raises DownloadError naming the file, the URL(s) and the folder
+    where the file can be put by hand when every source fails; CancelledError
+    when cancelled; InputError for weight-free models or a cache folder that
+    cannot be created.
     """
     path = modelPath(spec)
-    if isModelCached(spec):
+    status, problem = cacheStatus(spec)
+    if status == CACHED and not force:
         return path
+    if status == DAMAGED:
+        logger.warning("Replacing %s: %s", path, problem)
+        clearModelCache(spec)
     if not spec.urls:
         raise DownloadError(f"No download address is known for {spec.fileName}; put the file in {path.parent}.")
     failures = []
@@ -241,9 +340,9 @@ def clearModelCache(spec=None) -> int:
     if not folder.is_dir():
         return 0
     if spec is not None:
-        candidates = [modelPath(spec), modelPath(spec).with_name(spec.fileName + ".part")]
+        candidates = [modelPath(spec), modelPath(spec).with_name(spec.fileName + ".part"), _stampPath(modelPath(spec))]
     else:
-        candidates = [p for p in folder.iterdir() if p.is_file() and p.suffix in (".pth", ".pt", ".part")]
+        candidates = [p for p in folder.iterdir() if p.is_file() and p.suffix in (".pth", ".pt", ".part", STAMP_SUFFIX)]
     freed = 0
     for path in candidates:
         if path.is_file():

@@ -71,9 +71,10 @@ def createEngine(name: str = "auto", device: str = "auto", checkpointPath=None, 
             raise InputError("The custom model needs a checkpoint file: give its path (checkpointPath).")
         return _engineFromFile(Path(checkpointPath), device, recipe or (spec.recipe if spec.kind != "file" else None),
                                spec, engineOptions)
-    from .download import isModelCached, modelPath
+    from .download import isModelCached, modelPath, requireIntactModel
 
     path = modelPath(spec)
+    requireIntactModel(spec)  # a damaged file gets the one message with the way out, not "not downloaded"
     if not isModelCached(spec):
         size = f", {spec.sizeBytes / 1e6:.0f} MB" if spec.sizeBytes else ""
         raise DownloadError(

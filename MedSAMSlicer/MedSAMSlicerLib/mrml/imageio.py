@@ -5,25 +5,36 @@ into volume nodes with IJKToRAS converted from ITK's LPS exactly as Slicer
 does, but keeping the file's own voxel order: Slicer's archetype reader flips
 the k axis of left-handed images, which would break the promise that an output
 has the input's size, spacing, origin and direction. The nodes are real MRML
-volume nodes; everything downstream is Slicer's geometry. Writing always goes to a temporary name in
-the destination folder, renamed at the end, so an error never leaves a
-partial output file behind. Qt-free; imports `slicer` (slicer-core headless).
+volume nodes; everything downstream is Slicer's geometry.
+
+Inputs are checked before their voxels are trusted (imaging/fileintegrity.py):
+a file cut short, a DICOM series with an unreadable file or a gap, an unusable
+voxel size or direction are errors naming the file; NaN and infinite voxels are
+reported. Outputs are written through core/atomicfiles.atomicOutput: a
+temporary name in the destination folder, fsync, then read back (geometry and
+voxels compared with what was meant to be written) before the rename, so a full
+disk or an interrupted write never leaves a partial or wrong file. Geometry
+the output format cannot hold is refused, never changed. Qt-free; imports
+`slicer` (slicer-core headless).
 """
 
 import contextlib
 import os
+import stat
 import sys
-import uuid
 from typing import Callable, Optional
 
 import numpy as np
 
+from ..core.atomicfiles import atomicOutput, checkOutputLocation, writeFailure  # noqa: F401 (atomicOutput: API)
 from ..core.errors import InputError
+from ..imaging.fileintegrity import (NIFTI_EXTENSIONS, checkDicomSeries, checkFormatHoldsGeometry,
+                                     checkImageGeometry, checkNiftiFile, lowerExtension, restoreNonFiniteNifti,
+                                     sitkIjkToRas, verifyWrittenImage)
 
 IMAGE_2D_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 SEGMENTATION_EXTENSIONS = (".seg.nrrd",)
 LABELMAP_EXTENSIONS = (".nii.gz", ".nii", ".nrrd")
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 WarnCallback = Callable[[str], None]
 
@@ -57,15 +68,6 @@ def quietNativeStderr(enabled: bool = True):
         os.close(savedFd)
 
 
-def lowerExtension(path: str) -> str:
-    """The file's extension in lower case, with the double extensions .nii.gz and .seg.nrrd kept whole."""
-    name = os.path.basename(str(path)).lower()
-    for double in (".seg.nrrd", ".nii.gz"):
-        if name.endswith(double):
-            return double
-    return os.path.splitext(name)[1]
-
-
 # ---------------------------------------------------------------- reading
 
 
@@ -77,21 +79,28 @@ def readImage(path, scene, volumeIndex: Optional[int] = None, warn: Optional[War
     a one-slice volume: scalar for grayscale, a 3-component vector volume for
     RGB (alpha dropped in both). 2D spacing is 1 mm unless the file says otherwise. volumeIndex picks one volume (0-based) of a 4D image or one
     component of an image with many components per voxel.
-    Returns a vtkMRMLScalarVolumeNode or vtkMRMLVectorVolumeNode. NaN voxels are
-    kept as they are and reported through ``warn`` (stderr by default).
-    Raises InputError for a missing path, an unreadable or non-image file, a 4D
-    image without volumeIndex, more than 4 components, or a folder with no or
-    several DICOM series.
+    Returns a vtkMRMLScalarVolumeNode or vtkMRMLVectorVolumeNode. NaN and
+    infinite voxels are kept as they are and reported through ``warn`` (stderr
+    by default).
+    Raises InputError for a missing path, something that is not a regular file
+    or folder (a pipe, a device), an unreadable or non-image file, a file
+    shorter than its header says, a voxel size that is zero or not a number, a
+    non-finite or degenerate direction, a 4D image without volumeIndex, more
+    than 4 components, or a folder with no or several DICOM series, an
+    unreadable file in its series or unevenly spaced slices.
     """
     warn = warn or warnOnStderr
     path = os.path.abspath(os.fspath(path))
     if not os.path.exists(path):
         raise InputError(f"{path} does not exist: check the path of the image.")
-    if os.path.isdir(path):
+    mode = os.stat(path).st_mode
+    if stat.S_ISDIR(mode):
         node = _readDicomFolder(path, scene)
-    else:
+    elif stat.S_ISREG(mode):
         node = _readImageFile(path, scene, volumeIndex)
-    _warnIfNan(node, warn)
+    else:  # a FIFO would block the reader forever; a device or socket is no image either
+        raise InputError(f"{path} is not a regular file (a pipe, device or socket): give an image file or a DICOM folder.")
+    _warnIfNotFinite(node, warn)
     return node
 
 
@@ -125,7 +134,15 @@ def _readImageFile(path, scene, volumeIndex):
         return _nodeFromSitkImage(_extractComponent(path, components, volumeIndex), scene, name)
     if volumeIndex not in (None, 0):
         raise InputError(f"--volume-index {volumeIndex} given, but {os.path.basename(path)} holds a single volume: leave it out.")
-    return _nodeFromSitkImage(_readSitk(path), scene, name)
+    return _nodeFromSitkImage(_readSitkChecked(path), scene, name)
+
+
+def _readSitkChecked(path):
+    """_readSitk after the checks ITK's readers skip: a NIfTI file cut short (read as zeros), its NaN voxels (read as 0)."""
+    if lowerExtension(path) not in NIFTI_EXTENSIONS:
+        return _readSitk(path)
+    checkNiftiFile(path)
+    return restoreNonFiniteNifti(_readSitk(path), path)
 
 
 def _readWithPillow(path):
@@ -192,7 +209,7 @@ def _extractVolume(path, size, volumeIndex):
     count = int(np.prod(size[3:]))
     if not 0 <= volumeIndex < count:
         raise InputError(f"--volume-index {volumeIndex} is out of range: the image holds {count} volumes (0 to {count - 1}).")
-    image = _readSitk(path)
+    image = _readSitkChecked(path)
     extractor = sitk.ExtractImageFilter()
     extractor.SetSize(list(size[:3]) + [0])
     extractor.SetIndex([0, 0, 0, volumeIndex])
@@ -205,7 +222,7 @@ def _extractComponent(path, components, volumeIndex):
 
     if not 0 <= volumeIndex < components:
         raise InputError(f"--volume-index {volumeIndex} is out of range: the image has {components} components (0 to {components - 1}).")
-    return sitk.VectorIndexSelectionCast(_readSitk(path), volumeIndex)
+    return sitk.VectorIndexSelectionCast(_readSitkChecked(path), volumeIndex)
 
 
 def _readDicomFolder(folder, scene):
@@ -223,14 +240,35 @@ def _readDicomFolder(folder, scene):
         raise InputError(
             f"{folder} holds {len(seriesIds)} DICOM series: {listing}. Copy the one you want into its own folder and give that folder."
         )
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, seriesIds[0])
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, seriesIds[0]))
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
     try:
         with quietNativeStderr():
             image = reader.Execute()
     except RuntimeError:
         raise InputError(f"the DICOM series in {folder} could not be read (incomplete or corrupt files?): check the folder.") from None
+    checkDicomSeries(folder, files, _slicePositions(reader, len(files)))
     return _nodeFromSitkImage(image, scene, os.path.basename(folder.rstrip(os.sep)) or "dicom")
+
+
+def _slicePositions(reader, count):
+    """Each file's Image Position (Patient) along the slice normal (mm), or None when a file does not say."""
+    def values(index, tag):
+        if not reader.HasMetaDataKey(index, tag):
+            return None
+        try:
+            return np.array([float(v) for v in reader.GetMetaData(index, tag).split("\\")])
+        except ValueError:
+            return None
+
+    orientation = values(0, "0020|0037")
+    positions = [values(index, "0020|0032") for index in range(count)]
+    if orientation is None or len(orientation) != 6 or any(p is None or len(p) != 3 for p in positions):
+        return None
+    normal = np.cross(orientation[:3], orientation[3:])
+    return [float(p @ normal) for p in positions]
 
 
 def _nodeName(path):
@@ -249,15 +287,10 @@ def _nodeFromSitkImage(image, scene, name):
     import SimpleITK as sitk
     import slicer
 
-    voxels = sitk.GetArrayFromImage(image)  # KJI (or JI for 2D), components last
     dimension = image.GetDimension()
+    checkImageGeometry(image.GetSpacing(), image.GetOrigin(), np.reshape(image.GetDirection(), (dimension, dimension)), name)
+    voxels = sitk.GetArrayFromImage(image)  # KJI (or JI for 2D), components last
     components = image.GetNumberOfComponentsPerPixel()
-    spacing = np.ones(3)
-    origin = np.zeros(3)
-    direction = np.eye(3)
-    spacing[:dimension] = image.GetSpacing()
-    origin[:dimension] = image.GetOrigin()
-    direction[:dimension, :dimension] = np.reshape(image.GetDirection(), (dimension, dimension))
     if dimension == 2:
         voxels = voxels[np.newaxis]
     if components == 4:
@@ -266,29 +299,27 @@ def _nodeFromSitkImage(image, scene, name):
         voxels, components = voxels[..., 0], 1
     elif components not in (1, 3):
         raise InputError(f"{name} has {components} components per voxel; only grayscale or RGB(A) images can be segmented.")
-    ijkToRas = np.eye(4)
-    ijkToRas[:3, :3] = LPS_TO_RAS @ direction @ np.diag(spacing)
-    ijkToRas[:3, 3] = LPS_TO_RAS @ origin
     className = "vtkMRMLScalarVolumeNode" if components == 1 else "vtkMRMLVectorVolumeNode"
     node = scene.AddNewNodeByClass(className, name)
-    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijkToRas))
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(sitkIjkToRas(image)))
     slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(voxels))
     node.CreateDefaultDisplayNodes()
     return node
 
 
-def _warnIfNan(node, warn):
-    """Report NaN voxels (kept as they are: the intensity policy replaces them for the model only)."""
+def _warnIfNotFinite(node, warn):
+    """Report NaN and infinite voxels (kept as they are: the intensity policy replaces them for the model only)."""
     import slicer
 
     voxels = slicer.util.arrayFromVolume(node)
-    if np.issubdtype(voxels.dtype, np.floating):
-        nanCount = int(np.isnan(voxels).sum())
-        if nanCount:
-            warn(
-                f"the image has {nanCount} NaN voxels; they are treated as the lowest intensity for the model "
-                "and left unchanged in the image."
-            )
+    if not np.issubdtype(voxels.dtype, np.floating):
+        return
+    nanCount = int(np.isnan(voxels).sum())
+    infiniteCount = int(np.isinf(voxels).sum())
+    found = [f"{nanCount} NaN voxels"] * bool(nanCount) + [f"{infiniteCount} infinite voxels"] * bool(infiniteCount)
+    if found:
+        warn(f"the image has {' and '.join(found)}; they are treated as the lowest intensity for the model "
+             "and left unchanged in the image.")
 
 
 # ---------------------------------------------------------------- writing
@@ -308,59 +339,33 @@ def outputKind(path) -> str:
 
 
 def checkOutputPath(path) -> str:
-    """Check, before any work, that ``path`` can be written; create its folder if missing.
+    """Check, before any work, that ``path`` can be written as a segmentation or labelmap; create its folder if missing.
 
-    Returns outputKind(path). Raises InputError for an unsupported extension,
-    a folder that cannot be created or written, or a path that is a folder.
+    Returns outputKind(path). Raises InputError for a folder given as the
+    output, an unsupported extension, an existing non-regular file, a name too
+    long for the disk, or a folder that cannot be created or written.
     """
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        checkOutputLocation(path)  # says it is a folder and how to name a file in it
     kind = outputKind(path)
-    prepareOutputFolder(path)
+    checkOutputLocation(path)
     return kind
 
 
-def prepareOutputFolder(path) -> None:
-    """Create the folder of output file ``path`` if needed; InputError when it cannot be created or written."""
-    path = os.path.abspath(os.fspath(path))
-    folder = os.path.dirname(path)
-    if os.path.isdir(path):
-        raise InputError(f"{path} is a folder: give a file name for the output.")
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as error:
-        raise InputError(f"cannot create the output folder {folder} ({error.strerror}): choose another --out.") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"the output folder {folder} is not writable: choose another --out.")
-
-
-@contextlib.contextmanager
-def atomicOutput(path):
-    """Yield a temporary file name beside ``path`` (same extension); rename it to ``path`` on success.
-
-    On any error the temporary file is removed and ``path`` is left as it was.
-    Raises InputError when the folder is not writable.
-    """
-    path = os.path.abspath(os.fspath(path))
-    prepareOutputFolder(path)
-    folder, extension = os.path.dirname(path), lowerExtension(path)
-    # A fresh, not yet existing name: writers refuse or complain about existing files.
-    temporaryPath = os.path.join(folder, f".medsam-{os.getpid()}-{uuid.uuid4().hex[:8]}{extension}")
-    try:
-        yield temporaryPath
-        if not os.path.isfile(temporaryPath) or os.path.getsize(temporaryPath) == 0:
-            raise InputError(f"writing {os.path.basename(path)} failed (disk full or not writable?): choose another --out.")
-        os.replace(temporaryPath, path)
-    finally:
-        if os.path.exists(temporaryPath):
-            os.remove(temporaryPath)
+def checkOutputHoldsGeometry(path, volumeNode) -> None:
+    """InputError, before any work, when ``path``'s format cannot hold ``volumeNode``'s grid (NIfTI and a skewed grid)."""
+    checkFormatHoldsGeometry(path, _nodeIjkToRas(volumeNode), volumeNode.GetImageData().GetDimensions())
 
 
 def writeSegmentation(segmentationNode, path, referenceVolume=None) -> str:
     """Write ``segmentationNode`` as a Slicer .seg.nrrd that opens in Slicer over its image.
 
     referenceVolume (optional) sets the segmentation's reference geometry first,
-    so the file holds the image's full grid. Written atomically. Returns the
-    absolute path. Raises InputError when the path is not .seg.nrrd or cannot
-    be written.
+    so the file holds the image's full grid. Written atomically and read back
+    (complete, and on the reference's grid) before it is put in place. Returns
+    the absolute path. Raises InputError when the path is not .seg.nrrd or the
+    file cannot be written whole.
     """
     import slicer
 
@@ -370,7 +375,7 @@ def writeSegmentation(segmentationNode, path, referenceVolume=None) -> str:
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolume)
     storage = slicer.vtkMRMLSegmentationStorageNode()
     storage.SetCropToMinimumExtent(False)
-    return _writeWithStorageNode(storage, segmentationNode, path)
+    return _writeWithStorageNode(storage, segmentationNode, path, _segmentationVerifier(path, referenceVolume))
 
 
 def writeLabelmap(maskOrSegmentation, referenceVolume, path, segmentIds=None) -> str:
@@ -380,12 +385,16 @@ def writeLabelmap(maskOrSegmentation, referenceVolume, path, segmentIds=None) ->
     shape (non-zero voxels written as given, bool as 1), or a
     vtkMRMLSegmentationNode whose segments (all, or ``segmentIds``) are exported
     with label values 1, 2, ... in segment order. Written atomically through
-    Slicer's volume storage node. Returns the absolute path.
-    Raises InputError for a wrong shape, an unsupported type or an unwritable path.
+    Slicer's volume storage node and read back (geometry and voxels) before it
+    is put in place. Returns the absolute path. Raises InputError for a wrong
+    shape, an unsupported type, a grid the format cannot hold (a skewed grid
+    in NIfTI: the message names .nrrd / .seg.nrrd), or a file that cannot be
+    written whole (disk full).
     """
     import slicer
 
     outputKind(path)
+    checkOutputHoldsGeometry(path, referenceVolume)
     scene = referenceVolume.GetScene()
     labelNode = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "medsam-output")
     try:
@@ -395,7 +404,7 @@ def writeLabelmap(maskOrSegmentation, referenceVolume, path, segmentIds=None) ->
             _fillLabelFromSegmentation(labelNode, maskOrSegmentation, referenceVolume, segmentIds)
         storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
         storage.SetUseCompression(True)
-        return _writeWithStorageNode(storage, labelNode, path)
+        return _writeWithStorageNode(storage, labelNode, path, _volumeVerifier(path, labelNode))
     finally:
         scene.RemoveNode(labelNode)
 
@@ -431,26 +440,60 @@ def _fillLabelFromSegmentation(labelNode, segmentationNode, referenceVolume, seg
 
 
 def writeVolume(volumeNode, path) -> str:
-    """Write a volume node (e.g. a generated sample image) to .nrrd / .nii.gz / .mha, atomically.
+    """Write a volume node (e.g. a generated sample image) to .nrrd / .nii.gz / .mha, atomically and read back.
 
     Uses Slicer's volume storage node, so the file opens in Slicer with the
-    node's geometry. Returns the absolute path; InputError when it cannot be written.
+    node's geometry. Returns the absolute path; InputError when the format
+    cannot hold the node's grid or the file cannot be written whole.
     """
     import slicer
 
     if lowerExtension(path) not in (".nrrd", ".nii.gz", ".nii", ".mha"):
         raise InputError(f"{path}: write volumes as *.nrrd, *.nii.gz or *.mha.")
+    checkOutputHoldsGeometry(path, volumeNode)
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
     storage.SetUseCompression(True)
-    return _writeWithStorageNode(storage, volumeNode, path)
+    return _writeWithStorageNode(storage, volumeNode, path, _volumeVerifier(path, volumeNode))
 
 
-def _writeWithStorageNode(storage, node, path) -> str:
-    """Write ``node`` with a Slicer storage node to a temporary name beside ``path``, then rename; absolute path."""
-    with atomicOutput(path) as temporaryPath:
+def _writeWithStorageNode(storage, node, path, verify) -> str:
+    """Write ``node`` with a Slicer storage node to a temporary name beside ``path``, verify, rename; absolute path."""
+    with atomicOutput(path, verify) as temporaryPath:
         storage.SetFileName(temporaryPath)
         with quietNativeStderr():
             written = storage.WriteData(node)
         if not written:
-            raise InputError(f"writing {os.path.basename(path)} failed: check the folder is writable and has space.")
+            raise writeFailure(path, "the writer reported an error")
     return os.path.abspath(path)
+
+
+# ---------------------------------------------------------------- reading back what was written
+
+
+def _nodeIjkToRas(node) -> np.ndarray:
+    import slicer
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return slicer.util.arrayFromVTKMatrix(matrix)
+
+
+def _volumeVerifier(path, node):
+    """verify(temporaryPath) for a volume node's file: complete, on the node's grid, holding the node's voxels."""
+    def verify(temporaryPath):
+        import slicer
+
+        with quietNativeStderr():
+            verifyWrittenImage(temporaryPath, path, _nodeIjkToRas(node), node.GetImageData().GetDimensions(),
+                               slicer.util.arrayFromVolume(node))
+    return verify
+
+
+def _segmentationVerifier(path, referenceVolume):
+    """verify(temporaryPath) for a .seg.nrrd: complete (NRRD's reader checks the data length), on the reference grid."""
+    def verify(temporaryPath):
+        grid = (_nodeIjkToRas(referenceVolume), referenceVolume.GetImageData().GetDimensions()) if referenceVolume else ()
+        with quietNativeStderr():
+            verifyWrittenImage(temporaryPath, path, *grid)
+    return verify

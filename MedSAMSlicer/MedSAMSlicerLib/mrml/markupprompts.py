@@ -101,6 +101,8 @@ def pointsFromMarkups(positiveNode=None, negativeNode=None) -> Tuple[np.ndarray,
 def _boxFromRoi(volumeNode, source, axis: int, roiNode):
     """(boxXyxy clipped to the image, centre slice, sliceRange or None) of an ROI."""
     cornersIjk = rasToIjk(volumeNode, roiCornersRas(roiNode))
+    if not np.all(np.isfinite(cornersIjk)):
+        raise PromptError(f"The box '{roiNode.GetName()}' has a position or size that is not a number: draw it again.")
     box, (s0, s1) = source.boxIjkToImage(axis, (cornersIjk.min(axis=0), cornersIjk.max(axis=0)))
     height, width = source.imageShape(axis)
     count = source.sliceCount(axis)
@@ -168,6 +170,8 @@ def promptsFromMarkups(volumeNode, source, axis: int, roiNode=None, positiveNode
     pointsRas, labels = pointsFromMarkups(positiveNode, negativeNode)
     if roiNode is None and len(pointsRas) == 0:
         raise PromptError("No prompt: draw a box (ROI) or place points on the slice to segment.")
+    if not np.all(np.isfinite(pointsRas)):  # NaN positions would pass every bounds check (comparisons are False)
+        raise PromptError("A point's position is not a number (NaN or infinite): delete the point and place it again.")
     box, roiSlice, roiRange = (None, None, None)
     if roiNode is not None:
         box, roiSlice, roiRange = _boxFromRoi(volumeNode, source, axis, roiNode)

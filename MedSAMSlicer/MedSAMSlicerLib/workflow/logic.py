@@ -20,6 +20,7 @@ import time
 from typing import Callable, Optional
 
 from ..core.errors import InputError, MedSAMError
+from . import logicchecks as checks
 from .logicjobs import CorrectionJob, PostprocessOptions, PropagationJob, SegmentationResult, SliceJob
 from .logicobservers import DEBOUNCE_MS, MARKUP_EVENTS, VOLUME_EVENTS, ObservationMixin
 from ..core.progress import Signal
@@ -87,6 +88,7 @@ class MedSAMLogic(ObservationMixin):
 
         if volumeNode is None:
             raise InputError("No volume given: load or select a volume first.")
+        checks.requireVolumeArguments(self.scene, volumeNode, policy)
         source = sliceSourceFromVolume(volumeNode, policy)
         self._removeObservers(self._volumeObservers)
         self._clearPreview()
@@ -108,6 +110,7 @@ class MedSAMLogic(ObservationMixin):
         """
         from ..models.enginefactory import createEngine
 
+        checks.requireModelArguments(name, device, checkpointPath)
         self.setEngine(createEngine(name, device=device, checkpointPath=checkpointPath))
         return self.engine
 
@@ -124,6 +127,7 @@ class MedSAMLogic(ObservationMixin):
 
         if engine is self.engine:
             return
+        checks.requireEngine(engine)
         if self._cache is None:
             self._cache = EmbeddingCache()
         if self.service is not None:
@@ -141,6 +145,8 @@ class MedSAMLogic(ObservationMixin):
         from ..mrml.segmentwriter import createSegmentationNode
 
         self._requireVolume()
+        checks.requireNode(segmentationNode, ("vtkMRMLSegmentationNode",), "segmentation", self.scene)
+        checks.requireInstance(segmentId, str, "segment ID")
         if segmentationNode is None:
             segmentationNode, created = createSegmentationNode(self.volumeNode)
             segmentId = segmentId or created
@@ -164,6 +170,7 @@ class MedSAMLogic(ObservationMixin):
         """Take masking settings (editable area, overwrite other segments, intensity range) from this
         vtkMRMLSegmentEditorNode at every apply. None (the default): Slicer's own Segment Editor node,
         the scene's singleton tagged "SegmentEditor" (created as the Segment Editor creates it)."""
+        checks.requireNode(segmentEditorNode, ("vtkMRMLSegmentEditorNode",), "segment editor node", self.scene)
         self.segmentEditorNode = segmentEditorNode
 
     def setExternalUndoSaver(self, saver):
@@ -182,6 +189,7 @@ class MedSAMLogic(ObservationMixin):
         A change of any of them schedules a preview update (see scheduleCallback
         and processPendingUpdates) when autoUpdate is on.
         """
+        checks.requirePromptNodes(self.scene, roiNode, positiveNode, negativeNode)
         self._removeObservers(self._markupObservers)
         self.roiNode, self.positiveNode, self.negativeNode = roiNode, positiveNode, negativeNode
         for node in (roiNode, positiveNode, negativeNode):
@@ -190,9 +198,7 @@ class MedSAMLogic(ObservationMixin):
 
     def setAxis(self, axis):
         """Segment slices across IJK axis ``axis`` (0 = I, 1 = J, 2 = K); forgets any slice view."""
-        if axis not in (0, 1, 2):
-            raise InputError(f"Slice axis must be 0 (I), 1 (J) or 2 (K), got {axis!r}.")
-        self.axis, self.sliceNode = int(axis), None
+        self.axis, self.sliceNode = checks.requireAxis(axis), None
 
     def setSliceNode(self, sliceNode):
         """Segment in the plane of slice view ``sliceNode``: its axis now, its current slice inside a 3D box.
@@ -202,6 +208,7 @@ class MedSAMLogic(ObservationMixin):
         from ..mrml.volumegeometry import axisFromSliceNode
 
         self._requireVolume()
+        checks.requireNode(sliceNode, ("vtkMRMLSliceNode",), "slice view", self.scene, optional=False)
         self.axis = axisFromSliceNode(self.volumeNode, sliceNode)
         self.sliceNode = sliceNode
 
@@ -224,7 +231,11 @@ class MedSAMLogic(ObservationMixin):
         defaults). sliceRange: inclusive (k0, k1) along the axis; by default a 3D
         box's slices, else the whole volume.
         """
+        from .propagation import PropagationSettings
+
+        checks.requireInstance(settings, PropagationSettings, "propagation settings")
         promptSet = self._promptSet(None)
+        sliceRange = checks.requireSliceRange(sliceRange, self.source.sliceCount(self.axis))
         sliceRange = sliceRange if sliceRange is not None else promptSet.sliceRange
         return PropagationJob(self._ensureService(), self.source, self.axis, promptSet, self.postprocess,
                               settings if settings is not None else self.propagationSettings, sliceRange)
@@ -297,6 +308,7 @@ class MedSAMLogic(ObservationMixin):
         Synchronous form of preparePropagation + run + showResult; returns the
         PropagationResult. ``cancel``: a CancelToken (CancelledError, nothing shown).
         """
+        checks.requireCancelToken(cancel)
         result = self.preparePropagation(settings, sliceRange).run(self.progress.emit, cancel)
         self.showResult(result)
         return result.propagation
@@ -319,6 +331,7 @@ class MedSAMLogic(ObservationMixin):
         segmentation is created when none was set. Raises InputError when there
         is no preview.
         """
+        self._requireVolume()
         if self.lastResult is None:
             raise InputError("Nothing to apply: segment a slice or propagate first.")
         if self.segmentationNode is None:
@@ -339,11 +352,13 @@ class MedSAMLogic(ObservationMixin):
         return extent
 
     def undo(self):
-        """Undo the last apply (the segmentation is restored bit for bit); returns False when there was nothing to undo.
+        """Undo the last apply (the segmentation is restored bit for bit); returns False when there was nothing to undo,
+        also when the segmentation left the scene (its undo history went with it).
 
         Raises InputError, undoing nothing, when the segmentation was edited after
-        that apply (its message says to use the Segment Editor's Undo) or was removed.
+        that apply (its message says to use the Segment Editor's Undo).
         """
+        checks.forgetRemovedNodes(self)
         if self.writer is None or not self.writer.undo():
             return False
         self.status.emit("Undone.")
@@ -352,6 +367,7 @@ class MedSAMLogic(ObservationMixin):
     @property
     def canUndo(self):
         """True when apply() can be undone."""
+        checks.forgetRemovedNodes(self)
         return self.writer is not None and self.writer.canUndo
 
     def clearPreview(self):
@@ -385,6 +401,9 @@ class MedSAMLogic(ObservationMixin):
         """
         service = self._ensureService()
         count = self.source.sliceCount(self.axis)
+        sliceRange = checks.requireSliceRange(sliceRange, count)
+        if aroundIndex is not None:
+            checks.requireInteger(aroundIndex, "slice to start around", 0, count - 1)
         k0, k1 = sliceRange if sliceRange is not None else (0, count - 1)
         indices = range(max(0, int(k0)), min(count - 1, int(k1)) + 1)
         return service.prefetch(self.source, self.axis, indices, progress=progress, aroundIndex=aroundIndex)
@@ -393,8 +412,7 @@ class MedSAMLogic(ObservationMixin):
         """Keep at most ``maxBytes`` of slice embeddings in memory (least recently used are evicted beyond)."""
         from ..embeddings.cache import EmbeddingCache
 
-        if int(maxBytes) <= 0:
-            raise InputError(f"The embedding cache budget must be positive, got {maxBytes} bytes.")
+        checks.requirePositiveNumber(maxBytes, "embedding cache budget (bytes)")
         if self._cache is None:
             self._cache = EmbeddingCache(maxBytes=int(maxBytes))
         self._cache.maxBytes = int(maxBytes)
@@ -421,8 +439,10 @@ class MedSAMLogic(ObservationMixin):
     # ------------------------------------------------------------------ internals
 
     def _requireVolume(self):
+        removed = checks.forgetRemovedNodes(self)
         if self.volumeNode is None or self.source is None:
-            raise InputError("No volume set: call setVolume(volumeNode) (select a volume) first.")
+            gone = "The volume was removed from the scene" if "volume" in removed else "No volume set"
+            raise InputError(f"{gone}: call setVolume(volumeNode) (select a volume) first.")
 
     def _ensureService(self):
         self._requireVolume()
@@ -461,6 +481,8 @@ class MedSAMLogic(ObservationMixin):
         from ..mrml.volumegeometry import sliceIndexFromSliceNode
 
         self._requireVolume()
+        if sliceIndex is not None:
+            sliceIndex = checks.requireInteger(sliceIndex, "slice index", 0, self.source.sliceCount(self.axis) - 1)
         roi = self.roiNode if isBoxComplete(self.roiNode) else None  # a box still being drawn is no prompt yet
         args = (self.volumeNode, self.source, self.axis, roi, self.positiveNode, self.negativeNode)
         promptSet = promptsFromMarkups(*args, sliceIndex=sliceIndex)
