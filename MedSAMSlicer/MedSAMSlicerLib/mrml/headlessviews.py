@@ -15,6 +15,7 @@ libEGL) when no X display is set. Inside the Slicer application use its own
 views (slicer.app.layoutManager()).
 """
 
+import importlib.util
 import os
 import sys
 
@@ -24,10 +25,14 @@ VIEW_ORIENTATIONS = {"Red": "Axial", "Yellow": "Sagittal", "Green": "Coronal"}
 DISPLAYABLE_MANAGERS = ("vtkMRMLMarkupsDisplayableManager", "vtkMRMLSegmentationsDisplayableManager2D")
 
 
-def _preferOffscreenEgl() -> None:
+def _prepareOffscreenRendering() -> None:
     # Without an X display VTK first tries X (and warns) before EGL; ask for EGL directly.
     if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
         os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+    # Mesa's software OpenGL loads its libLLVM; loading triton's libtriton after it crashes the process
+    # (Mesa 22.3, triton 3.8; torchvision.ops imports triton through torch._dynamo), loading it before is fine.
+    if importlib.util.find_spec("triton") is not None:
+        import triton  # noqa: F401
 
 
 class HeadlessSliceView:
@@ -126,7 +131,7 @@ def createHeadlessSliceViews(scene, names=("Red", "Yellow", "Green"), size=(400,
 
     from .headlessscene import moduleLogic
 
-    _preferOffscreenEgl()
+    _prepareOffscreenRendering()
     appLogic = moduleLogic(scene, "Markups").GetMRMLApplicationLogic()
     if appLogic.GetSliceLogics() is None:
         appLogic.SetSliceLogics(vtk.vtkCollection())
