@@ -390,6 +390,10 @@ class MedSAMLogic(ObservationMixin, ClickSessionMixin):
         checks.forgetRemovedNodes(self)
         return self.writer is not None and self.writer.canUndo
 
+    def clearPreview(self):
+        """Remove the preview only; the prompts and the segment are untouched."""
+        self._clearPreview()
+
     def clear(self):
         """Remove the preview, every prompt (ROI and points) and the session's clicks, without touching the segment."""
         self._clearPreview()
@@ -490,19 +494,18 @@ class MedSAMLogic(ObservationMixin, ClickSessionMixin):
                 and (len(pointsFromMarkups(self.positiveNode, self.negativeNode)[0]) > 0 or len(self.session.clicks) > 0))
 
     def _hasPrompts(self):
-        from ..mrml.markupprompts import pointsFromMarkups
+        from ..mrml.markupprompts import isBoxComplete, pointsFromMarkups
 
-        roi = self.roiNode is not None and self.roiNode.GetNumberOfControlPoints() > 0
-        return roi or len(pointsFromMarkups(self.positiveNode, self.negativeNode)[0]) > 0
+        return isBoxComplete(self.roiNode) or len(pointsFromMarkups(self.positiveNode, self.negativeNode)[0]) > 0
 
     def _promptSet(self, sliceIndex):
-        from ..mrml.markupprompts import promptsFromMarkups
+        from ..mrml.markupprompts import isBoxComplete, promptsFromMarkups
         from ..mrml.volumegeometry import sliceIndexFromSliceNode
 
         self._requireVolume()
         if sliceIndex is not None:
             sliceIndex = checks.requireInteger(sliceIndex, "slice index", 0, self.source.sliceCount(self.axis) - 1)
-        roi = self.roiNode if self.roiNode is not None and self.roiNode.GetNumberOfControlPoints() > 0 else None
+        roi = self.roiNode if isBoxComplete(self.roiNode) else None  # a box still being drawn is no prompt yet
         args = (self.volumeNode, self.source, self.axis, roi, self.positiveNode, self.negativeNode)
         promptSet = promptsFromMarkups(*args, sliceIndex=sliceIndex)
         if sliceIndex is None and promptSet.sliceRange is not None and self.sliceNode is not None:
