@@ -271,14 +271,20 @@ def test_cli_propagates_a_sam21_checkpoint_with_memory(files, tmp_path):
 
 
 def test_the_simulated_user_boxes_propagates_and_clicks_with_memory(coverEngine):
+    """evaluate's 3D protocol (BoxRefinement): the box propagated with memory, then each click corrects its
+    slice as a conditioning slice of the memory; nothing beyond the box's slices is encoded."""
     from MedSAMSlicerLib.workflow.simulateduser import simulate3d
 
     source = _source()
-    truth = np.zeros(source.shapeKji, bool)
-    truth[4:9, 10:25, 15:35] = True
+    kk, jj, ii = np.mgrid[:SLICES, :HEIGHT, :WIDTH]
+    truth = ((ii - 25) ** 2 / 100 + (jj - 17) ** 2 / 49 + (kk - 6) ** 2 / 4) < 1  # an ellipsoid: a box is not it
     service = EmbeddingService(coverEngine)
     simulation = simulate3d(service, source, truth, axis=2, clickBudget=2, settings=PERMISSIVE)
-    assert isinstance(simulation.result, MemoryPropagationResult)
-    assert sorted(simulation.result.masks) == list(range(4, 9))  # the box's slices, each mask cut to the box
-    assert simulation.dices[0] > 0.99  # a mask that covers the slice, cut to the truth's box, is the truth here
-    assert service.stats()["encoded"] == 5
+    propagation = simulation.result.propagation
+    assert isinstance(propagation, MemoryPropagationResult)
+    first, last = simulation.sliceRange
+    assert sorted(propagation.masks) == list(range(first, last + 1))
+    assert len(simulation.clicks) >= 1
+    clicked = {click[2] for click in simulation.clicks}  # (i, j, k, label): axis 2 slices are k
+    assert clicked <= set(propagation.conditioning)  # every clicked slice joined the memory
+    assert _encodedSlices(service) == list(range(first, last + 1))

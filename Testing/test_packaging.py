@@ -26,6 +26,7 @@ OPTIONAL = {
     "PyTorchUtils": "the Slicer PyTorch extension's helper, used only inside Slicer",
     "sam2": "SAM 2 engines, installed on first use of a SAM 2 model",
     "qt": "Slicer application only", "ctk": "Slicer application only",
+    "triton": "torch's compiler when installed with it; headless views load it before Mesa's libLLVM (guarded by find_spec)",
 }
 
 

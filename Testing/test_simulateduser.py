@@ -8,8 +8,8 @@ from MedSAMSlicerLib.core.errors import InputError
 from MedSAMSlicerLib.engines.growcutengine import GrowCutEngine
 from MedSAMSlicerLib.imaging.intensity import IntensityPolicy
 from MedSAMSlicerLib.imaging.phantoms import ctLikePhantom, ellipsoidPhantom
-from MedSAMSlicerLib.workflow.simulateduser import (boxFromMask, dice, nextClick, numberOfClicks, simulate2d, simulate3d,
-                                           truthBox3d)
+from MedSAMSlicerLib.workflow.simulateduser import (boxFromMask, dice, nextClick, nextClick3d, numberOfClicks, simulate2d,
+                                                    simulate3d, truthBox3d)
 from MedSAMSlicerLib.imaging.slicesource import SliceSource
 
 
@@ -87,8 +87,9 @@ def test_simulate3d_on_a_phantom_gives_fixed_figures():
     assert first.dices[0] >= 0.9 and first.noc85 == 0 and first.noc90 == 0
     assert set(first.perSliceDice) == set(range(sliceRange[0], sliceRange[1] + 1))
     assert first.mask.shape == truth.shape and dice(first.mask, truth) == pytest.approx(first.dices[-1])
-    for k, x, y, label in first.clicks:
-        assert sliceRange[0] <= k <= sliceRange[1] and label in (0, 1)
+    assert first.mode == "native3d" and all(update == "incremental" for update in first.updates)
+    for i, j, k, label in first.clicks:
+        assert label in (0, 1) and label == int(truth[k, j, i])  # a click says what the truth says there
 
 
 def test_simulate3d_ct_like_phantom_in_every_orientation():
@@ -98,3 +99,40 @@ def test_simulate3d_ct_like_phantom_in_every_orientation():
         outcome = simulate3d(GrowCutEngine(), source, truth, axis=axis, clickBudget=1)
         assert outcome.dices[0] >= 0.85, (axis, outcome.dices)
         assert len(outcome.dices) <= 2
+
+
+def test_next_click_3d_goes_to_the_largest_3d_error_on_its_largest_slice():
+    truth = np.zeros((12, 30, 30), bool)
+    truth[2:10, 5:25, 5:25] = True
+    predicted = truth.copy()
+    predicted[3:9, 5:25, 15:25] = False  # a large 3D miss, widest on every slice it spans
+    predicted[4:6, 12:16, 12:16] = False  # thinner than that...
+    predicted[0:2, 0:4, 0:4] = True  # ...and a small false positive
+    missed = truth & ~predicted
+    # The miss touches the hole: one 26-connected region; its largest cross-section is on slice 4 or 5.
+    (i, j, k), label = nextClick3d(predicted, truth, axis=2)
+    assert label == 1 and missed[k, j, i] and k in (4, 5)
+    depth = ndimage.distance_transform_edt(np.pad(missed[k], 1))[1:-1, 1:-1]
+    assert depth[j, i] == depth.max()
+    # Along another axis the slice is where that region is widest along I, and spacing counts in mm.
+    (i, j, k), label = nextClick3d(predicted, truth, axis=0, spacingIjk=(1.0, 1.0, 3.0))
+    assert label == 1 and missed[k, j, i] and 15 <= i <= 24
+    predicted = truth.copy()
+    predicted[2:10, 5:25, 25:30] = True
+    (i, j, k), label = nextClick3d(predicted, truth)
+    assert label == 0 and i in (26, 27, 28) and predicted[k, j, i] and not truth[k, j, i]
+    assert nextClick3d(truth, truth) is None
+    with pytest.raises(InputError):
+        nextClick3d(truth[:3], truth)
+
+
+def test_simulate3d_keeps_every_click_in_both_modes():
+    voxels, truth, spacing = ctLikePhantom((24, 64, 64), spacingIjk=(1.5, 1.5, 3.0))
+    source = SliceSource(voxels, spacing, IntensityPolicy.ct("soft tissue"))
+    for native in (True, False):
+        outcome = simulate3d(GrowCutEngine(), source, truth, axis=2, clickBudget=3, native=native)
+        # Dice 0.92-0.97 from the box: what is left are one-voxel boundary errors, which clicks barely move.
+        assert outcome.dices[0] >= 0.9 and outcome.dices[-1] >= outcome.dices[0] - 0.01
+        assert len(outcome.dices) == len(outcome.clicks) + 1 == 4
+        for i, j, k, label in outcome.clicks:
+            assert outcome.mask[k, j, i] == bool(label)

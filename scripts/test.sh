@@ -17,6 +17,12 @@ setupVenv() {  # setupVenv FOLDER [EXTRA REQUIREMENT ...]
   SAM2_BUILD_CUDA=0 "$venv/bin/python" -m pip install --quiet --no-build-isolation -e ".[test]" "$@"
 }
 
+# The real slice views (Testing/test_realviews.py) render offscreen through Mesa's EGL: no display,
+# no Xvfb. Debian images usually have it; install it where they do not and we may.
+if ! ldconfig -p | grep -q 'libEGL_mesa.so.0' && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  apt-get install -y -q libegl1 libegl-mesa0 >/dev/null || echo "could not install libegl1/libegl-mesa0: the real-view tests may fail" >&2
+fi
+
 setupVenv .venv
 echo "== tests with slicer-core $(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("slicer-core"))')"
 .venv/bin/python -m pytest Testing "$@"

@@ -56,6 +56,23 @@ class Prompts:
         return self.boxXyxy is None and len(self.pointsXy) == 1
 
 
+@dataclass(frozen=True)
+class VolumeClick:
+    """One click in a volume: pointIjk (i, j, k) continuous voxel coordinates; label 1 positive, 0 negative.
+
+    Engines that segment natively in 3D take clicks in this form; the workflow
+    keeps them as the lasting constraints of the segment being built.
+    """
+
+    pointIjk: Tuple[float, float, float]
+    label: int
+
+    def voxelKji(self, shapeKji) -> Tuple[int, int, int]:
+        """The (k, j, i) index of the voxel the click lies in, clipped to a volume of shape (K, J, I)."""
+        i, j, k = (int(np.floor(float(v) + 0.5)) for v in self.pointIjk)
+        return tuple(int(np.clip(v, 0, n - 1)) for v, n in zip((k, j, i), tuple(shapeKji)[:3]))
+
+
 @dataclass
 class SliceEmbedding:
     """What an engine's encoder made of one slice image.

@@ -49,14 +49,12 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from .base import DecodeResult, Engine, Prompts, SliceEmbedding
-from ..core.errors import DependencyError, PromptError
+from .base import DecodeResult, Engine, Prompts, SliceEmbedding, VolumeClick
+from .growcut3d import GrowCut3d, GrowCut3dSettings
+from .growcutcore import SEED_BACKGROUND, SEED_FOREGROUND, ellipsoidMask, runGrowCut
+from ..core.errors import PromptError
 from ..core.progress import ProgressCallback, reportProgress
 
-#: GrowCut needs a voxel of padding around the region that grows: at least 3 voxels per axis.
-MIN_GROWCUT_SIZE = 3
-SEED_FOREGROUND = 1
-SEED_BACKGROUND = 2
 #: Boundary contrast-to-noise of a boundary drawn through pure noise, and the span above it that maps to score 1.
 CONTRAST_NOISE_LEVEL = 1.2
 CONTRAST_SPAN = 2.0
@@ -66,70 +64,6 @@ PRIOR_MIN_TOLERANCE = 0.05
 NEGATIVE_CLEAR_MIN_PIXELS = 2.0
 #: Smallest intensity difference (in [0, 1] units) at which a box core counts as unlike the positive clicks.
 CORE_POINT_TOLERANCE = 0.05
-
-
-def _growCutFilterClass():
-    """Slicer's vtkImageGrowCutSegment, from Slicer or slicer-core; DependencyError if neither is there."""
-    try:
-        from slicer import vtkImageGrowCutSegment  # noqa: PLC0415 (lazy on purpose)
-    except ImportError as error:
-        raise DependencyError(
-            "The weight-free engine needs Slicer's vtkImageGrowCutSegment: run inside 3D Slicer "
-            "or install slicer-core (pip install slicer-core)."
-        ) from error
-    return vtkImageGrowCutSegment
-
-
-def _toVtkImage(arrayZyx: np.ndarray, spacingXyz=(1.0, 1.0, 1.0)):
-    """A vtkImageData holding a deep copy of a (Z, Y, X) numpy array."""
-    import vtk  # noqa: PLC0415
-    from vtk.util import numpy_support  # noqa: PLC0415
-
-    array = np.ascontiguousarray(arrayZyx)
-    image = vtk.vtkImageData()
-    image.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
-    image.SetSpacing(*[float(s) for s in spacingXyz])
-    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(array.ravel(), deep=True))
-    return image
-
-
-def runGrowCut(intensityZyx: np.ndarray, seedsZyx: np.ndarray, excludedZyx: Optional[np.ndarray] = None,
-               spacingXyz=(1.0, 1.0, 1.0), distancePenalty: float = 0.0) -> np.ndarray:
-    """Run vtkImageGrowCutSegment on a 3D block; returns the uint8 label of every voxel.
-
-    intensityZyx: float32 (Z, Y, X), every axis >= 3 (voxels on the outermost
-    layer receive labels but do not spread them, so callers pad by one voxel).
-    seedsZyx: uint8 labels, 0 = unlabelled. excludedZyx: optional bool, True
-    where growing must not go. distancePenalty: intensity units added per mm
-    of path length (spacingXyz in mm). Raises PromptError for a block too small.
-    """
-    if min(intensityZyx.shape) < MIN_GROWCUT_SIZE:
-        raise PromptError(f"GrowCut needs at least {MIN_GROWCUT_SIZE} voxels along every axis: draw a larger box.")
-    from vtk.util import numpy_support  # noqa: PLC0415
-
-    growCut = _growCutFilterClass()()
-    growCut.SetIntensityVolume(_toVtkImage(intensityZyx.astype(np.float32), spacingXyz))
-    growCut.SetSeedLabelVolume(_toVtkImage(seedsZyx.astype(np.uint8), spacingXyz))
-    if excludedZyx is not None:
-        growCut.SetMaskVolume(_toVtkImage(excludedZyx.astype(np.uint8), spacingXyz))
-    growCut.SetDistancePenalty(float(distancePenalty))
-    growCut.Update()
-    scalars = growCut.GetOutput().GetPointData().GetScalars()
-    if scalars is None:
-        raise PromptError("GrowCut produced no result: check that the box and points lie on the image.")
-    return numpy_support.vtk_to_numpy(scalars).reshape(intensityZyx.shape).copy()
-
-
-def _ellipseMask(shape: Tuple[int, ...], centre: Sequence[float], semiAxes: Sequence[float]) -> np.ndarray:
-    """Bool array of `shape`: voxels inside the axis-aligned ellipsoid (same axis order as shape)."""
-    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
-    total = 0.0
-    for grid, c, a in zip(grids, centre, semiAxes):
-        total = total + ((grid - c) / max(float(a), 0.5)) ** 2
-    inside = total <= 1.0
-    nearest = tuple(int(np.clip(round(c), 0, n - 1)) for c, n in zip(centre, shape))
-    inside[nearest] = True  # at least the centre voxel, however small the box
-    return inside
 
 
 def _boxIndexRange(low: float, high: float, size: int) -> Tuple[int, int]:
@@ -228,6 +162,8 @@ class GrowCutEngine(Engine):
         self.priorErosionPixels = max(0, int(priorErosionPixels))
         self.maxWorkPixels = max(1024, int(maxWorkPixels))
         self.priorDepthFraction = float(priorDepthFraction)
+        self.volumeSettings = GrowCut3dSettings(coreFraction=self.coreFraction, ringVoxels=self.ringPixels,
+                                                smoothingSigma=self.smoothingSigma)
 
     def encode(self, images: Sequence[np.ndarray], progress: Optional[ProgressCallback] = None) -> list:
         """Store each image (smoothed, grayscale float32) as its embedding; cheap, never modifies input."""
@@ -422,10 +358,10 @@ class GrowCutEngine(Engine):
         centre = ((rows.min() + rows.max()) / 2.0, (cols.min() + cols.max()) / 2.0)
         semiAxes = ((rows.max() - rows.min()) / 2.0 * self.coreFraction,
                     (cols.max() - cols.min()) / 2.0 * self.coreFraction)
-        core = _ellipseMask(region.shape, centre, semiAxes) & region
+        core = ellipsoidMask(region.shape, centre, semiAxes) & region
         # A large core may overlap the background next to the object: keep the pixels that look
         # like its inner half (the part most likely on the object).
-        inner = _ellipseMask(region.shape, centre, [0.5 * a for a in semiAxes]) & region
+        inner = ellipsoidMask(region.shape, centre, [0.5 * a for a in semiAxes]) & region
         return self._lookAlike(image, core, image[inner])
 
     def _growInCrop(self, image: np.ndarray, seeds: np.ndarray, region: np.ndarray) -> np.ndarray:
@@ -446,57 +382,29 @@ class GrowCutEngine(Engine):
         mask[r0:r1, c0:c1] = labels[1, 1:-1, 1:-1] == SEED_FOREGROUND
         return mask
 
-    def segmentVolume(self, volumeImage: np.ndarray, boxIjk, pointsIjk=None, labels=None,
-                      spacingIjk=(1.0, 1.0, 1.0)) -> np.ndarray:
-        """Native 3D GrowCut from a 3D box (and optional points); returns bool (K, J, I).
+    def volumeSegmenter(self, volumeImage: np.ndarray, boxIjk, spacingIjk=(1.0, 1.0, 1.0)):
+        """A GrowCut3d (engines/growcut3d.py) for a 3D box: native 3D segmentation, updated click by click.
 
         volumeImage: float (K, J, I) in [0, 1] (an intensity policy applied).
-        boxIjk: ((i0, j0, k0), (i1, j1, k1)) continuous voxel indices, voxels whose
-        centres lie inside are in the box. pointsIjk: (N, 3) voxel coordinates
-        (i, j, k), labels: (N,) 1 positive / 0 negative. spacingIjk: mm, used by
-        the distance penalty. Background seeds are a shell ``ringPixels`` voxels
-        outside the box, foreground seeds the central ellipsoid. Raises
-        PromptError for a box off the volume.
+        boxIjk: ((i0, j0, k0), (i1, j1, k1)) continuous voxel indices. The
+        workflow uses it for a 3D box with this engine; ``volumeSettings``
+        (GrowCut3dSettings) says how it seeds. Raises PromptError for a box off the volume.
         """
-        from scipy import ndimage  # noqa: PLC0415
+        return GrowCut3d(volumeImage, boxIjk, spacingIjk, self.volumeSettings)
 
-        volume = np.asarray(volumeImage, dtype=np.float32)
-        if volume.ndim != 3:
-            raise PromptError(f"segmentVolume expects a (K, J, I) volume, got shape {volume.shape}.")
-        if self.smoothingSigma > 0:
-            volume = ndimage.gaussian_filter(volume, self.smoothingSigma)
-        (i0, j0, k0), (i1, j1, k1) = boxIjk
-        bounds = [_boxIndexRange(lo, hi, n) for lo, hi, n in zip((k0, j0, i0), (k1, j1, i1), volume.shape)]
-        if any(first > last for first, last in bounds):
-            raise PromptError(f"The 3D box {boxIjk} lies outside the volume {volume.shape[::-1]} (IJK): draw it on the volume.")
-        region = np.zeros(volume.shape, bool)
-        region[tuple(slice(a, b + 1) for a, b in bounds)] = True
-        seeds = np.zeros(volume.shape, np.uint8)
-        seeds[ndimage.binary_dilation(region, iterations=self.ringPixels) & ~region] = SEED_BACKGROUND
-        centre = [(a + b) / 2.0 for a, b in bounds]
-        semiAxes = [(b - a) / 2.0 * self.coreFraction for a, b in bounds]
-        seeds[_ellipseMask(volume.shape, centre, semiAxes) & region] = SEED_FOREGROUND
-        self._addPointBalls(seeds, pointsIjk, labels)
-        lows = [max(a - self.ringPixels - 1, 0) for a, _ in bounds]
-        highs = [min(b + self.ringPixels + 2, n) for (_, b), n in zip(bounds, volume.shape)]
-        crop = tuple(slice(lo, hi) for lo, hi in zip(lows, highs))
-        # Pad by one voxel: the outermost layer does not spread labels.
-        grown = runGrowCut(np.pad(volume[crop], 1, mode="edge"), np.pad(seeds[crop], 1),
-                           spacingXyz=tuple(spacingIjk), distancePenalty=self.distancePenalty)
-        mask = np.zeros(volume.shape, bool)
-        mask[crop] = grown[1:-1, 1:-1, 1:-1] == SEED_FOREGROUND
-        return mask & region
+    def segmentVolume(self, volumeImage: np.ndarray, boxIjk, pointsIjk=None, labels=None,
+                      spacingIjk=(1.0, 1.0, 1.0)) -> np.ndarray:
+        """Native 3D GrowCut from a 3D box and optional clicks; returns bool (K, J, I).
 
-    def _addPointBalls(self, seeds: np.ndarray, pointsIjk, labels) -> None:
-        """Mark balls of pointRadiusPixels around IJK points as foreground (1) / background (0) seeds."""
-        if pointsIjk is None or len(pointsIjk) == 0:
-            return
-        pointsIjk = np.asarray(pointsIjk, dtype=float).reshape(-1, 3)
-        labels = np.ones(len(pointsIjk), int) if labels is None else np.asarray(labels).reshape(-1)
-        if len(labels) != len(pointsIjk):
-            raise PromptError(f"{len(pointsIjk)} points but {len(labels)} labels: give one label per point.")
-        kk, jj, ii = np.ogrid[:seeds.shape[0], :seeds.shape[1], :seeds.shape[2]]
-        radiusSquared = (self.pointRadiusPixels + 0.5) ** 2
-        for (i, j, k), label in zip(pointsIjk, labels):
-            ball = (ii - i) ** 2 + (jj - j) ** 2 + (kk - k) ** 2 <= radiusSquared
-            seeds[ball] = SEED_FOREGROUND if label == 1 else SEED_BACKGROUND
+        One-shot form of volumeSegmenter: pointsIjk (N, 3) voxel coordinates
+        (i, j, k), labels (N,) 1 positive / 0 negative, applied in order.
+        Raises PromptError for a box off the volume or points without labels.
+        """
+        clicks = []
+        if pointsIjk is not None and len(pointsIjk):
+            pointsIjk = np.asarray(pointsIjk, dtype=float).reshape(-1, 3)
+            labels = np.ones(len(pointsIjk), int) if labels is None else np.asarray(labels).reshape(-1)
+            if len(labels) != len(pointsIjk):
+                raise PromptError(f"{len(pointsIjk)} points but {len(labels)} labels: give one label per point.")
+            clicks = [VolumeClick(tuple(point), int(label)) for point, label in zip(pointsIjk, labels)]
+        return self.volumeSegmenter(volumeImage, boxIjk, spacingIjk).update(clicks)

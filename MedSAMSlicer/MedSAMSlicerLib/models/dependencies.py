@@ -204,6 +204,7 @@ def ensureDependencies(
     torchInstaller: Optional[Callable[[], None]] = None,
     pipInstaller: Optional[Callable[[Sequence[str]], None]] = None,
     importable: Callable[[str], bool] = isImportable,
+    progress: Optional[Callable[[float, str], None]] = None,
 ) -> DependencyStatus:
     """Make torch, torchvision and the requirements importable, asking ``confirm`` once first.
 
@@ -213,6 +214,8 @@ def ensureDependencies(
     installed when ``confirm`` returns False.
 
     torchInstaller / pipInstaller default to PyTorchUtils and slicer.util.pip_install.
+    progress(fraction, text) is told which step runs (the module runs this in a
+    worker thread, so the window stays usable during the download).
     Raises DependencyError: declined, no installer available (the PyTorch
     extension is missing, or this is not Slicer), an installer failed, or a
     package is still not importable afterwards.
@@ -241,7 +244,7 @@ def ensureDependencies(
             f"{', '.join(status.missingTorch + status.missingRequirements)}; choose the GrowCut model, "
             "or select MedSAM/SAM again to be asked again."
         )
-    _runInstallers(status, torchInstaller, pipInstaller)
+    _runInstallers(status, torchInstaller, pipInstaller, progress or (lambda fraction, text: None))
     importlib.invalidate_caches()
     after = checkDependencies(requirements, importable)
     if not after.ok:
@@ -253,9 +256,10 @@ def ensureDependencies(
     return after
 
 
-def _runInstallers(status: DependencyStatus, torchInstaller, pipInstaller) -> None:
+def _runInstallers(status: DependencyStatus, torchInstaller, pipInstaller, progress) -> None:
     """Install torch first, then the pip requirements; wrap failures in DependencyError saying what is done."""
     if status.missingTorch:
+        progress(0.0, f"Installing {', '.join(status.missingTorch)} through the PyTorch extension (1-3 GB)...")
         try:
             torchInstaller()
         except Exception as error:
@@ -265,6 +269,7 @@ def _runInstallers(status: DependencyStatus, torchInstaller, pipInstaller) -> No
                 "or install torch from the PyTorch Utils module."
             ) from error
     if status.missingRequirements:
+        progress(0.5 if status.missingTorch else 0.0, f"Installing {', '.join(status.missingRequirements)} with pip...")
         try:
             pipInstaller(status.missingRequirements)
         except Exception as error:

@@ -7,7 +7,8 @@ Point labels: points of ``positiveNode`` are positive (label 1) and points of
 ``negativeNode`` negative (label 0). A single node may also carry per-point
 labels: a control point whose description is "negative" is negative (in either
 node, a description "positive" makes it positive). Points still being placed
-(position not defined) are skipped.
+(position not defined) are skipped, and so is a box still being drawn
+(isBoxComplete).
 
 A box comes from a vtkMRMLMarkupsROINode. An ROI thinner than
 THIN_ROI_SLICES slices across the slice axis is a 2D box on the slice through
@@ -60,6 +61,23 @@ def roiCornersRas(roiNode) -> np.ndarray:
     toWorld = vtk.vtkGeneralTransform()
     slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(parent, None, toWorld)
     return np.array([toWorld.TransformPoint(c) for c in cornersNode], dtype=np.float64)
+
+
+def isBoxComplete(roiNode) -> bool:
+    """True when ``roiNode`` (a vtkMRMLMarkupsROINode, or None) holds a whole box, not one still being drawn.
+
+    Slicer draws a box with two clicks (NUMBER_OF_BOX_CONTROL_POINTS = 2 in
+    vtkMRMLMarkupsROINode.cxx, Slicer 5.10): between them the ROI holds one
+    defined corner and a preview corner that follows the mouse, and requires 2
+    points. Once both corners are placed, UpdateBoxROIFromControlPoints replaces
+    them by one control point at the centre and requires 1; an ROI sized in code
+    (SetSize) or loaded from a file is in that state too.
+    """
+    if roiNode is None:
+        return False
+    count = roiNode.GetNumberOfControlPoints()
+    return (count > 0 and roiNode.GetNumberOfDefinedControlPoints() == count
+            and count >= roiNode.GetRequiredNumberOfControlPoints())
 
 
 def pointsFromMarkups(positiveNode=None, negativeNode=None) -> Tuple[np.ndarray, np.ndarray]:

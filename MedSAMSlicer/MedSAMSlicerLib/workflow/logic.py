@@ -21,12 +21,14 @@ from typing import Callable, Optional
 
 from ..core.errors import InputError, MedSAMError
 from . import logicchecks as checks
-from .logicjobs import CorrectionJob, PostprocessOptions, PropagationJob, SegmentationResult, SliceJob
+from .constraints import AnnotationSession
+from .logicclicks import ClickSessionMixin
+from .logicjobs import PostprocessOptions, PropagationJob, SegmentationResult, SliceJob
 from .logicobservers import DEBOUNCE_MS, MARKUP_EVENTS, VOLUME_EVENTS, ObservationMixin
 from ..core.progress import Signal
 
 
-class MedSAMLogic(ObservationMixin):
+class MedSAMLogic(ObservationMixin, ClickSessionMixin):
     """Prompts on a volume -> preview -> segment, with undo; see docs/console.md for a session.
 
     scene: the vtkMRMLScene (slicer.mrmlScene when None).
@@ -35,7 +37,11 @@ class MedSAMLogic(ObservationMixin):
     default), propagationSettings (PropagationSettings or None for defaults),
     autoUpdate (markup changes refresh the preview; default True),
     scheduleCallback (``f(delayMs, callable)``, e.g. qt.QTimer.singleShot, to
-    debounce preview updates; None runs them at once).
+    debounce preview updates; None runs them at once), nativeVolume (a 3D box
+    with an engine that segments natively in 3D, the weight-free GrowCut, is
+    segmented in 3D rather than propagated slice by slice; default True).
+    session: the AnnotationSession of the segment being built (its clicks are
+    the point markups; see acceptSlices).
     """
 
     def __init__(self, scene=None):
@@ -48,6 +54,8 @@ class MedSAMLogic(ObservationMixin):
         self.postprocess = PostprocessOptions()
         self.propagationSettings = None
         self.autoUpdate = True
+        self.nativeVolume = True
+        self.session = AnnotationSession()
         self.scheduleCallback: Optional[Callable] = None
         self.debounceMs = DEBOUNCE_MS
         self.volumeNode = None
@@ -92,6 +100,7 @@ class MedSAMLogic(ObservationMixin):
         source = sliceSourceFromVolume(volumeNode, policy)
         self._removeObservers(self._volumeObservers)
         self._clearPreview()
+        self._resetSession()
         self.volumeNode, self.policy, self.source = volumeNode, policy, source
         self._volumeStateKey = self._volumeState()
         self._volumeObservers = self._observe(volumeNode, VOLUME_EVENTS, self._onVolumeEvent)
@@ -232,37 +241,46 @@ class MedSAMLogic(ObservationMixin):
 
         settings: PropagationSettings (else logic.propagationSettings, else
         defaults). sliceRange: inclusive (k0, k1) along the axis; by default a 3D
-        box's slices, else the whole volume.
+        box's slices, else the whole volume. Every click of the session (the
+        point markups, on any slice) is used: the seed slice's as its prompts,
+        the others as corrections after propagating. A 3D box with the
+        weight-free engine and no explicit sliceRange is segmented natively in
+        3D (nativeVolume) and returns a VolumeJob.
         """
         from .propagation import PropagationSettings
 
         checks.requireInstance(settings, PropagationSettings, "propagation settings")
-        promptSet = self._promptSet(None)
+        promptSet = self._sessionPromptSet(None)
         sliceRange = checks.requireSliceRange(sliceRange, self.source.sliceCount(self.axis))
+        settings = settings if settings is not None else self.propagationSettings
+        session, _, _ = self._syncedSession()
+        job = self._nativeVolumeJob(promptSet, session, settings) if sliceRange is None else None
         sliceRange = sliceRange if sliceRange is not None else promptSet.sliceRange
-        return PropagationJob(self._ensureService(), self.source, self.axis, promptSet, self.postprocess,
-                              settings if settings is not None else self.propagationSettings, sliceRange)
+        if job is None:
+            job = PropagationJob(self._ensureService(), self.source, self.axis, promptSet, self.postprocess,
+                                 settings, sliceRange, session=session)
+        self.session = session
+        return job
 
-    def prepareCorrection(self, settings=None) -> CorrectionJob:
-        """Main-thread snapshot for fixing the 3D preview with clicks: returns a CorrectionJob.
+    def prepareCorrection(self, settings=None):
+        """Main-thread snapshot for fixing the 3D preview with clicks: returns a CorrectionJob or a VolumeJob.
 
-        The positive/negative points (all on one slice of the propagated
-        result) re-segment that slice; propagation then re-runs outwards only as
-        far as the result changes, from cached embeddings. Raises InputError
-        when the preview is not a propagated result or the points are off it.
+        The session takes the point markups as its clicks (new ones appended,
+        deleted ones dropped). For a propagated preview, every slice with a new
+        click is re-segmented with all of its clicks and re-propagated outwards
+        only as far as the result changes and never over a clicked or accepted
+        slice, from cached embeddings; a removed click restarts from the result
+        before any click. A natively 3D preview (weight-free engine, 3D box) is
+        updated incrementally. Every click's voxel keeps its label. Raises
+        InputError when the preview is not a 3D result or new points lie off it.
         """
-        from ..mrml.markupprompts import promptsFromMarkups
-
         self._requireVolume()
         previous = self.lastResult
-        if previous is None or previous.kind != "volume" or previous.propagation is None or previous.axis != self.axis:
+        if (previous is None or previous.kind != "volume" or previous.axis != self.axis
+                or (previous.propagation is None and previous.refinement is None)):
             raise InputError("No propagated preview to correct in this view: propagate first, then click on a slice of it.")
-        promptSet = promptsFromMarkups(self.volumeNode, self.source, self.axis, None, self.positiveNode, self.negativeNode)
-        k0, k1 = previous.propagation.sliceRange or (0, self.source.sliceCount(self.axis) - 1)
-        if not k0 <= promptSet.sliceIndex <= k1:
-            raise InputError(f"The points are on slice {promptSet.sliceIndex}, outside the propagated slices {k0}..{k1}.")
-        return CorrectionJob(self._ensureService(), self.source, self.axis, promptSet, self.postprocess, previous,
-                             settings if settings is not None else self.propagationSettings)
+        self._ensureService()
+        return self._sessionCorrectionJob(previous, settings if settings is not None else self.propagationSettings)
 
     def prepareUpdate(self):
         """The job that refreshes the preview after the prompts changed: a CorrectionJob when the preview is a
@@ -272,7 +290,8 @@ class MedSAMLogic(ObservationMixin):
         return self.prepareSegmentSlice()
 
     def correctSlice(self, settings=None):
-        """Synchronous prepareCorrection + run + showResult; returns the new PropagationResult."""
+        """Synchronous prepareCorrection + run + showResult; returns the new PropagationResult (None for a
+        natively 3D preview: see previewMaskKji)."""
         result = self.prepareCorrection(settings).run(self.progress.emit)
         self.showResult(result)
         return result.propagation
@@ -348,6 +367,7 @@ class MedSAMLogic(ObservationMixin):
         self.writer.settingsNode = self.segmentEditorNode or userSegmentEditorNode(self.scene)
         extent = self.writer.apply(self.segmentId, result.maskKji, mode, sliceAxis=result.axis, sliceIndices=slices)
         self._clearPreview()
+        self._resetSession()
         elapsed = time.perf_counter() - started
         self.timings["write"] += elapsed
         self.timings["total"] += elapsed
@@ -373,9 +393,14 @@ class MedSAMLogic(ObservationMixin):
         checks.forgetRemovedNodes(self)
         return self.writer is not None and self.writer.canUndo
 
-    def clear(self):
-        """Remove the preview and every prompt (ROI and points) without touching the segment."""
+    def clearPreview(self):
+        """Remove the preview only; the prompts and the segment are untouched."""
         self._clearPreview()
+
+    def clear(self):
+        """Remove the preview, every prompt (ROI and points) and the session's clicks, without touching the segment."""
+        self._clearPreview()
+        self._resetSession()
         pending = self.autoUpdate
         self.autoUpdate = False
         try:
@@ -467,23 +492,23 @@ class MedSAMLogic(ObservationMixin):
         from ..mrml.markupprompts import pointsFromMarkups
 
         previous = self.lastResult
-        return (previous is not None and previous.kind == "volume" and previous.propagation is not None
-                and len(pointsFromMarkups(self.positiveNode, self.negativeNode)[0]) > 0)
+        return (previous is not None and previous.kind == "volume"
+                and (previous.propagation is not None or previous.refinement is not None)
+                and (len(pointsFromMarkups(self.positiveNode, self.negativeNode)[0]) > 0 or len(self.session.clicks) > 0))
 
     def _hasPrompts(self):
-        from ..mrml.markupprompts import pointsFromMarkups
+        from ..mrml.markupprompts import isBoxComplete, pointsFromMarkups
 
-        roi = self.roiNode is not None and self.roiNode.GetNumberOfControlPoints() > 0
-        return roi or len(pointsFromMarkups(self.positiveNode, self.negativeNode)[0]) > 0
+        return isBoxComplete(self.roiNode) or len(pointsFromMarkups(self.positiveNode, self.negativeNode)[0]) > 0
 
     def _promptSet(self, sliceIndex):
-        from ..mrml.markupprompts import promptsFromMarkups
+        from ..mrml.markupprompts import isBoxComplete, promptsFromMarkups
         from ..mrml.volumegeometry import sliceIndexFromSliceNode
 
         self._requireVolume()
         if sliceIndex is not None:
             sliceIndex = checks.requireInteger(sliceIndex, "slice index", 0, self.source.sliceCount(self.axis) - 1)
-        roi = self.roiNode if self.roiNode is not None and self.roiNode.GetNumberOfControlPoints() > 0 else None
+        roi = self.roiNode if isBoxComplete(self.roiNode) else None  # a box still being drawn is no prompt yet
         args = (self.volumeNode, self.source, self.axis, roi, self.positiveNode, self.negativeNode)
         promptSet = promptsFromMarkups(*args, sliceIndex=sliceIndex)
         if sliceIndex is None and promptSet.sliceRange is not None and self.sliceNode is not None:

@@ -19,6 +19,8 @@ from ..engines.base import DecodeResult
 from ..core.errors import PromptError
 from ..core.progress import CancelToken, ProgressCallback, reportProgress
 from ..mrml.segmentwriter import maskBoundingExtent
+from .constraints import sliceOf
+from .refinement import applyClicks
 
 
 @dataclass
@@ -49,8 +51,12 @@ class SegmentationResult:
     (i0, i1, j0, j1, k0, k1) holding every True voxel, or None when empty.
     signature: the SliceSource signature it was computed from (a result for a
     volume that changed since is refused). decode: the seed slice's DecodeResult.
-    propagation: the PropagationResult for kind "volume". timings: seconds
-    {"encode", "decode", "total"} spent in run().
+    propagation: the PropagationResult for kind "volume" made by propagation.
+    origin: the PropagationResult before any click (what a correction starts
+    over from when a click is removed). refinement: the BoxRefinement of a
+    3D box segmented natively in 3D (its state answers the next click
+    incrementally). session: the AnnotationSession snapshot the result honours.
+    timings: seconds {"encode", "decode", "total"} spent in run().
     """
 
     kind: str
@@ -62,6 +68,9 @@ class SegmentationResult:
     decode: Optional[DecodeResult] = None
     propagation: object = None
     timings: Dict[str, float] = field(default_factory=dict)
+    origin: object = None
+    refinement: object = None
+    session: object = None
 
 
 def _cleanUp(mask: np.ndarray, options: PostprocessOptions, axis: int = 2) -> np.ndarray:
@@ -143,10 +152,11 @@ class PropagationJob(_Job):
     """Segment the prompt slice, then propagate the mask through ``sliceRange``: with the engine's memory for
     SAM 2-family engines (memorypropagation.py), else slice by slice from the previous mask's box."""
 
-    def __init__(self, service, source, axis, promptSet, postprocess, settings=None, sliceRange=None):
+    def __init__(self, service, source, axis, promptSet, postprocess, settings=None, sliceRange=None, session=None):
         super().__init__(service, source, axis, promptSet, postprocess)
         self.settings = settings
         self.sliceRange = sliceRange
+        self.session = session  # clicks on other slices than the seed are applied after propagating
 
     def run(self, progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> SegmentationResult:
         """Seed decode plus propagation; returns a "volume" SegmentationResult.
@@ -180,42 +190,76 @@ class PropagationJob(_Job):
                                seedLowResLogits=decoded.lowResLogits, clipXyxy=clipXyxy)
         if cancel is not None:
             cancel.raiseIfCancelled()
-        maskKji = np.asarray(result.toVolumeMask(self.source, self.axis), dtype=bool)
-        maskKji = _cleanUp(maskKji, self.postprocess, self.axis)
+        origin = result
+        if self.session is not None and self.session.clicks:
+            others = [c for c in self.session.clicks if sliceOf(c, self.axis) != self.promptSet.sliceIndex]
+            result = applyClicks(self.service, self.source, self.axis, result, self.session, others, settings, cancel=cancel)
+        maskKji = _volumeMask(result, self.source, self.axis, self.postprocess, self.session)
         timings["encode"] = self.service.timings["encode"] - encodeBefore
         timings["decode"] = self.service.timings["decode"] - decodeBefore
         timings["total"] = time.perf_counter() - started
         reportProgress(progress, 1.0, f"Propagated over {len(result.masks)} slice(s)")
         return SegmentationResult("volume", self.axis, sorted(int(k) for k in result.masks), maskKji,
-                                  maskBoundingExtent(maskKji), self.signature, decoded, result, timings)
+                                  maskBoundingExtent(maskKji), self.signature, decoded, result, timings,
+                                  origin=origin, session=self.session)
+
+
+def _volumeMask(result, source, axis, postprocess, session):
+    """A PropagationResult as a cleaned-up KJI mask; the session's clicks enforced last (they outrank clean-up)."""
+    maskKji = _cleanUp(np.asarray(result.toVolumeMask(source, axis), dtype=bool), postprocess, axis)
+    return session.enforce(maskKji) if session is not None else maskKji
 
 
 class CorrectionJob(_Job):
-    """Fix one slice of a propagated (3D) result with clicks, then re-propagate only as far as the result changes
-    (SAM 2-family engines: the slice joins the memory as a conditioning slice, memorypropagation.correctWithMemory)."""
+    """Apply a session's new clicks to a propagated (3D) result: each clicked slice is re-segmented with all of
+    its clicks and re-propagated locally, never over an anchored slice (refinement.applyClicks)."""
 
-    def __init__(self, service, source, axis, promptSet, postprocess, previous: SegmentationResult, settings=None):
-        super().__init__(service, source, axis, promptSet, postprocess)
-        self.previous = previous
+    def __init__(self, service, source, axis, previous: SegmentationResult, session, newClicks, restart=False,
+                 postprocess=None, settings=None):
+        self.service, self.source, self.axis = service, source, int(axis)
+        self.postprocess = postprocess if postprocess is not None else PostprocessOptions()
+        self.signature = source.signature
+        self.previous, self.session, self.newClicks = previous, session, list(newClicks)
+        self.restart = restart  # a click was removed: start over from the result before any click
         self.settings = settings
 
     def run(self, progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> SegmentationResult:
-        """propagation.correctSlice on the previous result; returns a new "volume" SegmentationResult.
-
-        Slices already encoded come from the cache (nothing is re-encoded).
-        Safe in a worker thread; raises CancelledError when cancelled.
-        """
-        from .memorypropagation import correctWithMemory, usesMemoryPropagation
-        from .propagation import correctSlice
-
+        """Returns a new "volume" SegmentationResult. Slices already encoded come from the cache
+        (nothing is re-encoded). Safe in a worker thread; raises CancelledError when cancelled."""
         started = time.perf_counter()
         if cancel is not None:
             cancel.raiseIfCancelled()
-        correct = correctWithMemory if usesMemoryPropagation(self.service) else correctSlice
-        result = correct(self.service, self.source, self.axis, self.previous.propagation, self.promptSet.sliceIndex,
-                              self.promptSet.prompts, self.settings, progress=progress, cancel=cancel)
-        maskKji = _cleanUp(np.asarray(result.toVolumeMask(self.source, self.axis), dtype=bool), self.postprocess, self.axis)
+        origin = self.previous.origin if self.previous.origin is not None else self.previous.propagation
+        start = origin if self.restart else self.previous.propagation
+        clicks = self.session.clicks if self.restart else self.newClicks
+        result = applyClicks(self.service, self.source, self.axis, start, self.session, clicks, self.settings,
+                             progress=progress, cancel=cancel)
+        maskKji = _volumeMask(result, self.source, self.axis, self.postprocess, self.session)
         timings = dict(result.timings)
         timings["total"] = time.perf_counter() - started
         return SegmentationResult("volume", self.axis, sorted(int(k) for k in result.masks), maskKji,
-                                  maskBoundingExtent(maskKji), self.signature, None, result, timings)
+                                  maskBoundingExtent(maskKji), self.signature, None, result, timings,
+                                  origin=origin, session=self.session)
+
+
+class VolumeJob:
+    """Segment a 3D box natively in 3D with every click of a session (refinement.BoxRefinement, weight-free engine).
+
+    The same BoxRefinement answers later clicks incrementally: pass it again
+    with the updated session. Touches no MRML; safe in a worker thread.
+    """
+
+    def __init__(self, refinement, session, postprocess=None):
+        self.refinement, self.session = refinement, session
+        self.postprocess = postprocess if postprocess is not None else PostprocessOptions()
+        self.axis = refinement.axis
+        self.signature = refinement.source.signature
+
+    def run(self, progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> SegmentationResult:
+        """Returns a "volume" SegmentationResult covering the box's slices (clean-up first, then the clicks enforced)."""
+        outcome = self.refinement.run(self.session, progress, cancel)
+        maskKji = _cleanUp(outcome.maskKji, self.postprocess, self.axis)
+        maskKji = self.session.enforce(maskKji)
+        return SegmentationResult("volume", self.axis, outcome.sliceIndices, maskKji, maskBoundingExtent(maskKji),
+                                  self.signature, None, outcome.propagation, dict(outcome.timings),
+                                  refinement=self.refinement, session=self.session)

@@ -108,4 +108,5 @@ class ObservationMixin:
         self.roiNode = self.positiveNode = self.negativeNode = self.sliceNode = None
         self.segmentEditorNode = None
         self.lastResult = None
+        self._resetSession()
         self._updatePending = False

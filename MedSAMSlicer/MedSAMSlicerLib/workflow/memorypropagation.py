@@ -35,7 +35,8 @@ from ..core.errors import InputError, PromptError
 from ..core.progress import reportProgress
 from ..engines.base import Prompts
 from ..engines.sam2memory import hasMemoryPropagation
-from .propagation import (STOP_MAX_SLICES, STOP_RANGE_END, STOP_UNCHANGED, STOP_VANISHED, PropagationResult,
+from .propagation import (STOP_ANCHORED, STOP_MAX_SLICES, STOP_RANGE_END, STOP_UNCHANGED, STOP_VANISHED,
+                          PropagationResult,
                           PropagationSettings, _checkedRange, _stopReason, _Walker, asService, enlargedBox, maskIou)
 
 #: Stop reason of a re-propagation that reached another conditioning slice (whose mask is kept).
@@ -83,9 +84,15 @@ class _MemoryWalker(_Walker):
         embedding = self.embedding(k, +1, k)
         decoded = self._timed(self.session.condition, k, embedding, prompts)
         self.result.conditioning[k] = self.session.conditioning[k]
-        self.result.masks[k] = clipMask(decoded.mask, self.result.clipXyxy)
-        self.result.scores[k] = float(decoded.score)
+        self._keep(k, decoded)
         return decoded
+
+    def _keep(self, k: int, decoded, mask=None) -> None:
+        """Record slice k: its mask (cut to the 3D box), score, and logits (a later click refines from them)."""
+        result = self.result
+        result.masks[k] = clipMask(decoded.mask, result.clipXyxy) if mask is None else mask
+        result.scores[k] = float(decoded.score)
+        result.logits[k] = np.asarray(decoded.lowResLogits, dtype=np.float16)
 
     def _timed(self, step, *args, **options):
         """Run a memory step, counting its time as decoding (in the result and in the service's timings)."""
@@ -98,11 +105,14 @@ class _MemoryWalker(_Walker):
             if hasattr(self.service, "addTiming"):
                 self.service.addTiming("decode", seconds)
 
-    def walk(self, start: int, direction: int, last: int, progress=None, progressBase=0.0, previous=None) -> str:
+    def walk(self, start: int, direction: int, last: int, progress=None, progressBase=0.0, previous=None,
+             anchors=frozenset()) -> str:
         """Track from ``start`` towards ``last`` (inclusive); returns the stop reason.
 
         previous: the result a correction re-propagates (None for a first
-        propagation): the walk then also stops where the new mask matches the old.
+        propagation): the walk then also stops where the new mask matches the
+        old, and before any slice in ``anchors`` (slices the user clicked on or
+        accepted: never replaced).
         """
         settings, result, session = self.settings, self.result, self.session
         session.startWalk()
@@ -117,6 +127,8 @@ class _MemoryWalker(_Walker):
                 return STOP_MAX_SLICES
             if k in session.conditioning:
                 return STOP_CONDITIONING_SLICE
+            if k in anchors:
+                return STOP_ANCHORED
             embedding = self.embedding(k, direction, limit)
             decoded = self._timed(session.track, k, embedding, reverse=direction < 0)
             mask = clipMask(decoded.mask, result.clipXyxy)
@@ -124,7 +136,7 @@ class _MemoryWalker(_Walker):
             if reason is not None:
                 session.forget(k)
                 return reason
-            result.masks[k], result.scores[k] = mask, float(decoded.score)
+            self._keep(k, decoded, mask)
             added += 1
             reportProgress(progress, progressBase + 0.5 * added / total, f"Propagating with memory: slice {k}")
             old = previous.masks.get(k) if previous is not None else None
@@ -170,26 +182,29 @@ def propagateWithMemory(service, source, axis: int, seedSliceIndex: int, prompts
 
 
 def propagateBox3dWithMemory(service, source, axis: int, boxXyxy, sliceRange,
-                             settings: Optional[PropagationSettings] = None, progress=None,
-                             cancel=None) -> MemoryPropagationResult:
-    """The 3D box protocol with memory (as propagation.propagateBox3d): the box on the middle slice of
-    [k0, k1], propagated within [k0, k1], every mask cut to the box. Raises PromptError for an empty
-    middle-slice mask."""
+                             settings: Optional[PropagationSettings] = None, progress=None, cancel=None,
+                             pointsXy=None, pointLabels=None) -> MemoryPropagationResult:
+    """The 3D box protocol with memory (as propagation.propagateBox3d): the box (and optional clicks) on the
+    middle slice of [k0, k1], propagated within [k0, k1], every mask cut to the box. Raises PromptError for
+    an empty middle-slice mask."""
     k0, k1 = _checkedRange(source, axis, sliceRange)
-    return propagateWithMemory(service, source, axis, (k0 + k1) // 2, Prompts(boxXyxy=tuple(boxXyxy)), settings,
-                               (k0, k1), progress, cancel, clipXyxy=tuple(boxXyxy))
+    prompts = Prompts(boxXyxy=tuple(boxXyxy), pointsXy=np.zeros((0, 2)) if pointsXy is None else pointsXy,
+                      pointLabels=np.zeros(0) if pointLabels is None else pointLabels)
+    return propagateWithMemory(service, source, axis, (k0 + k1) // 2, prompts, settings, (k0, k1), progress, cancel,
+                               clipXyxy=tuple(boxXyxy))
 
 
 def correctWithMemory(service, source, axis: int, previousResult: PropagationResult, sliceIndex: int,
                       prompts: Prompts, settings: Optional[PropagationSettings] = None, progress=None,
-                      cancel=None) -> MemoryPropagationResult:
+                      cancel=None, anchoredSlices=()) -> MemoryPropagationResult:
     """Fix slice ``sliceIndex`` of a 3D result with clicks, as a new conditioning slice, and re-propagate from it.
 
     prompts: the clicks (and optionally a box) on that slice; a box the slice
     was conditioned with before is kept when none is given. The memory of
     ``previousResult`` is reused when it was made by this engine (else the
-    conditioning slices it records are conditioned again). Returns a new
-    result; previousResult is not modified. Raises InputError for a slice
+    conditioning slices it records are conditioned again). Re-propagation
+    stops before any slice of ``anchoredSlices`` (as correctSlice's). Returns a
+    new result; previousResult is not modified. Raises InputError for a slice
     outside the result's range.
     """
     settings = settings or PropagationSettings()
@@ -199,7 +214,8 @@ def correctWithMemory(service, source, axis: int, previousResult: PropagationRes
         raise InputError(f"Slice {sliceIndex} lies outside the result's slice range {k0}..{k1}.")
     session = _sessionFor(service, source, axis, previousResult)
     result = MemoryPropagationResult(axis=axis, masks=dict(previousResult.masks), scores=dict(previousResult.scores),
-                                     sliceRange=(k0, k1), clipXyxy=previousResult.clipXyxy, session=session,
+                                     sliceRange=(k0, k1), clipXyxy=previousResult.clipXyxy,
+                                     logits=dict(previousResult.logits), session=session,
                                      conditioning=dict(session.conditioning))
     walker = _MemoryWalker(service, source, axis, settings, result, cancel)
     for k, earlier in sorted(getattr(previousResult, "conditioning", {}).items()):
@@ -211,8 +227,10 @@ def correctWithMemory(service, source, axis: int, previousResult: PropagationRes
         # The user removed the object here: the slices beyond no longer connect to it.
         result.stopReasons = {"up": STOP_VANISHED, "down": STOP_VANISHED}
     else:
+        anchors = frozenset(int(k) for k in anchoredSlices) - {int(sliceIndex)}
         for name, direction, last, base in (("up", +1, k1, 0.0), ("down", -1, k0, 0.5)):
-            result.stopReasons[name] = walker.walk(sliceIndex, direction, last, progress, base, previousResult)
+            result.stopReasons[name] = walker.walk(sliceIndex, direction, last, progress, base, previousResult,
+                                                   anchors)
     reportProgress(progress, 1.0, "Correction propagated")
     return result
 

@@ -27,7 +27,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from ..engines.base import Prompts
+from ..engines.base import DecodeResult, Prompts
 from ..core.errors import InputError, PromptError
 from ..core.progress import reportProgress
 
@@ -42,6 +42,7 @@ STOP_LOW_IOU = "lowIou"
 STOP_MAX_SLICES = "maxSlices"
 STOP_RANGE_END = "rangeEnd"
 STOP_UNCHANGED = "unchanged"
+STOP_ANCHORED = "anchored"
 STOP_NOT_RUN = "notRun"
 
 
@@ -100,6 +101,9 @@ class PropagationResult:
     sliceRange: the (k0, k1) range propagation was confined to; clipXyxy: the
     box prompts were clipped to (a 3D ROI's in-plane box) or None. timings: seconds
     spent getting embeddings ("encode", cache hits included) and decoding ("decode").
+    logits: {slice: the decoder's low-resolution logits (float16)} for engines
+    that have them and cannot rebuild them from a mask (SAM family), so that a
+    later click on that slice refines its mask instead of starting over.
     """
 
     axis: int
@@ -109,6 +113,16 @@ class PropagationResult:
     sliceRange: Optional[Tuple[int, int]] = None
     clipXyxy: Optional[Tuple[float, float, float, float]] = None
     timings: Dict[str, float] = field(default_factory=lambda: {"encode": 0.0, "decode": 0.0})
+    logits: Dict[int, np.ndarray] = field(default_factory=dict)
+
+    def keep(self, k: int, decoded, service=None):
+        """Store a slice's decode: mask, score, and (for engines without priorFromMask) its logits."""
+        self.masks[k], self.scores[k] = decoded.mask, float(decoded.score)
+        engine = getattr(service, "engine", None)
+        if decoded.lowResLogits is not None and not hasattr(engine, "priorFromMask"):
+            self.logits[k] = np.asarray(decoded.lowResLogits, dtype=np.float16)
+        else:
+            self.logits.pop(k, None)
 
     def toVolumeMask(self, source, axis: Optional[int] = None) -> np.ndarray:
         """All slice masks written into a bool (K, J, I) volume through source.imageMaskToNative."""
@@ -275,7 +289,7 @@ def _walk(walker: _Walker, seedIndex, seedMask, seedLogits, direction, last, pro
         decoded, reason = walker.step(k, direction, fetchLast, previousMask, previousLogits)
         if reason is not None:
             return reason
-        result.masks[k], result.scores[k] = decoded.mask, float(decoded.score)
+        result.keep(k, decoded, walker.service)
         previousMask, previousLogits = decoded.mask, decoded.lowResLogits
         added += 1
         reportProgress(progress, progressBase + 0.5 * added / total, f"Propagating: slice {k}")
@@ -310,7 +324,7 @@ def propagate(service, source, axis: int, seedSliceIndex: int, seedMaskImage, se
     if not k0 <= seedSliceIndex <= k1:
         raise InputError(f"Seed slice {seedSliceIndex} lies outside the slice range {k0}..{k1}.")
     result = PropagationResult(axis=axis, sliceRange=(k0, k1), clipXyxy=clipXyxy)
-    result.masks[seedSliceIndex], result.scores[seedSliceIndex] = seedMask, float(seedScore)
+    result.keep(seedSliceIndex, DecodeResult(seedMask, float(seedScore), seedLowResLogits), service)
     if seedLowResLogits is None and settings.useLowResMask:
         seedLowResLogits = _priorFromMask(service, source, axis, seedSliceIndex, seedMask)
     walker = _Walker(service, source, axis, settings, result, clipXyxy, cancel)
@@ -415,20 +429,27 @@ def _mergeSlice(result, k, up, down, preferUp, merge):
 
 
 def correctSlice(service, source, axis: int, previousResult: PropagationResult, sliceIndex: int, prompts: Prompts,
-                 settings: Optional[PropagationSettings] = None, progress=None, cancel=None) -> PropagationResult:
+                 settings: Optional[PropagationSettings] = None, progress=None, cancel=None,
+                 anchoredSlices=()) -> PropagationResult:
     """Fix one slice of a 3D result with points, then re-propagate outwards only as far as the result changes.
 
-    prompts: the user's points on slice sliceIndex (image pixels); without a
-    box, the current mask's box on that slice (enlarged by marginMm) is added;
-    engines with ``priorFromMask`` (GrowCut) also get the current mask as
-    previousLowResLogits, so the clicks correct it rather than start over.
-    Each re-propagated slice is prompted with the box of the new neighbouring
-    mask joined with its old mask (the old result bounds where the object is).
-    Each direction stops at the first slice whose new mask has IoU >
-    settings.changeIou with the old one (old masks are kept from there on), at
-    a stop rule (older masks beyond are kept), or at the previous result's
-    slice range; propagated boxes are clipped to previousResult.clipXyxy. Embeddings come from the service's cache: nothing cached is
-    re-encoded. Returns a new PropagationResult; previousResult is not modified.
+    prompts: the user's points on slice sliceIndex (image pixels: all of that
+    slice's clicks, see constraints.AnnotationSession.promptsOnSlice); without
+    a box, the current mask's box on that slice (enlarged by marginMm) is added,
+    or, where the slice has no mask yet, the result's clip box (a 3D ROI's).
+    The previous mask refines: engines with ``priorFromMask`` (GrowCut) get the
+    current mask as previousLowResLogits, SAM-family engines the logits kept
+    for that slice (PropagationResult.logits).
+
+    The rule that keeps a fix local: each re-propagated slice is prompted with
+    the box of the new neighbouring mask joined with its old mask, and each
+    direction stops (a) before any slice in ``anchoredSlices`` (slices the user
+    clicked on or accepted: never replaced), (b) at the first slice whose new
+    mask has IoU > settings.changeIou with the old one (old masks are kept from
+    there on), (c) at a stop rule (older masks beyond are kept), or (d) at the
+    previous result's slice range. Propagated boxes are clipped to
+    previousResult.clipXyxy. Embeddings come from the service's cache: nothing
+    cached is re-encoded. Returns a new PropagationResult; previousResult is not modified.
     """
     settings = settings or PropagationSettings()
     service = asService(service)
@@ -436,31 +457,34 @@ def correctSlice(service, source, axis: int, previousResult: PropagationResult, 
     if not k0 <= sliceIndex <= k1:
         raise InputError(f"Slice {sliceIndex} lies outside the result's slice range {k0}..{k1}.")
     result = PropagationResult(axis=axis, masks=dict(previousResult.masks), scores=dict(previousResult.scores),
-                               sliceRange=(k0, k1), clipXyxy=previousResult.clipXyxy)
+                               sliceRange=(k0, k1), clipXyxy=previousResult.clipXyxy, logits=dict(previousResult.logits))
     oldMask = previousResult.masks.get(sliceIndex)
-    if prompts.boxXyxy is None and oldMask is not None and oldMask.any():
-        marginPixels = settings.marginMm / source.pixelSpacing(axis)
-        prompts = Prompts(boxXyxy=enlargedBox(oldMask, marginPixels, result.clipXyxy), pointsXy=prompts.pointsXy,
-                          pointLabels=prompts.pointLabels)
+    hasOld = oldMask is not None and oldMask.any()
+    box = prompts.boxXyxy
+    if box is None:
+        box = enlargedBox(oldMask, settings.marginMm / source.pixelSpacing(axis), result.clipXyxy) if hasOld else result.clipXyxy
     embedding = service.embedding(source, axis, sliceIndex)
-    if prompts.previousLowResLogits is None and oldMask is not None and oldMask.any() and settings.useLowResMask:
-        # The current mask is what the clicks correct: engines that can (GrowCut) start from it.
+    prior = prompts.previousLowResLogits
+    if prior is None and hasOld and settings.useLowResMask:
+        # The current mask is what the clicks correct: start from it.
         prior = _priorFromMask(service, source, axis, sliceIndex, oldMask)
-        prompts = Prompts(boxXyxy=prompts.boxXyxy, pointsXy=prompts.pointsXy, pointLabels=prompts.pointLabels,
-                          previousLowResLogits=prior)
+        if prior is None and sliceIndex in previousResult.logits:
+            prior = np.asarray(previousResult.logits[sliceIndex], dtype=np.float32)
+    prompts = Prompts(boxXyxy=box, pointsXy=prompts.pointsXy, pointLabels=prompts.pointLabels, previousLowResLogits=prior)
     start = time.perf_counter()
     decoded = _decode(service, embedding, prompts)
     result.timings["decode"] += time.perf_counter() - start
-    result.masks[sliceIndex], result.scores[sliceIndex] = decoded.mask, float(decoded.score)
+    result.keep(sliceIndex, decoded, service)
     walker = _Walker(service, source, axis, settings, result, result.clipXyxy, cancel)
+    anchors = {int(k) for k in anchoredSlices} - {int(sliceIndex)}
     for name, direction, last in (("up", +1, k1), ("down", -1, k0)):
-        result.stopReasons[name] = _rewalk(walker, previousResult, sliceIndex, decoded, direction, last)
+        result.stopReasons[name] = _rewalk(walker, previousResult, sliceIndex, decoded, direction, last, anchors)
     reportProgress(progress, 1.0, "Correction propagated")
     return result
 
 
-def _rewalk(walker: _Walker, previousResult, sliceIndex, decoded, direction, last) -> str:
-    """Re-propagate from a corrected slice until the new masks match the old ones."""
+def _rewalk(walker: _Walker, previousResult, sliceIndex, decoded, direction, last, anchors=frozenset()) -> str:
+    """Re-propagate from a corrected slice until the new masks match the old ones or an anchored slice is next."""
     settings, result = walker.settings, walker.result
     previousMask, previousLogits = decoded.mask, decoded.lowResLogits
     if not previousMask.any():
@@ -470,11 +494,13 @@ def _rewalk(walker: _Walker, previousResult, sliceIndex, decoded, direction, las
     while (last - k) * direction >= 0:
         if walker.cancel is not None:
             walker.cancel.raiseIfCancelled()
+        if k in anchors:
+            return STOP_ANCHORED
         old = previousResult.masks.get(k)
         new, reason = walker.step(k, direction, k, previousMask, previousLogits, boxHint=old)
         if reason is not None:
             return reason
-        result.masks[k], result.scores[k] = new.mask, float(new.score)
+        result.keep(k, new, walker.service)
         if old is not None and maskIou(new.mask, old) > settings.changeIou:
             return STOP_UNCHANGED
         previousMask, previousLogits = new.mask, new.lowResLogits

@@ -5,11 +5,15 @@ clicks, one at a time up to a budget, each at the interior of the largest error
 region (the pixel farthest from its edge): positive on missed foreground,
 negative on a false positive. Reports Dice after the box and after each click.
 
-3D (simulate3d): the structure's 3D bounding box, its middle slice segmented
-with the in-plane box and propagated within the box's slices
-(propagateBox3d); then the worst slice (lowest Dice) gets a corrective click
-and the result is re-propagated locally (correctSlice), up to a budget.
-Reports 3D Dice, per-slice Dice, clicks.
+3D (simulate3d): the structure's 3D bounding box is segmented the way the
+product does it (workflow/refinement.py BoxRefinement: natively in 3D for the
+weight-free engine, MedSAM's middle-slice-and-propagate protocol for the SAM
+family); then one click per step, up to a budget, as an annotator clicks in
+3D (the CVPR 2025 interactive-3D protocol, ``nextClick3d``): at the interior
+of the largest 3D error region, on the slice where that region is largest,
+positive on missed foreground and negative on a false positive. Every click
+stays with the session and the result is recomputed (incrementally where the
+engine can). Reports the 3D Dice after the box and after every click.
 
 NoC@85 / NoC@90: the number of clicks (the box counts as 0 clicks) after which
 Dice first reaches 0.85 / 0.90; clickBudget + 1 when it never does.
@@ -24,8 +28,12 @@ import numpy as np
 
 from ..engines.base import Prompts
 from ..core.errors import InputError
-from .memorypropagation import correctWithMemory, propagateBox3dWithMemory, usesMemoryPropagation
-from .propagation import PropagationSettings, asService, correctSlice, propagateBox3d
+from .constraints import AnnotationSession
+from .propagation import PropagationSettings, asService
+from .refinement import BoxRefinement
+
+#: KJI array axis of the slices along each IJK axis.
+_ARRAY_AXIS = {2: 0, 1: 1, 0: 2}
 
 
 def dice(a, b) -> float:
@@ -67,6 +75,31 @@ def boxFromMask(mask, jitterMm: float = 0.0, pixelSpacingMm: float = 1.0, rng=No
     return float(x0), float(y0), float(x1), float(y1)
 
 
+def largestErrorRegion(predicted, truth, fullyConnected: bool = False):
+    """(bool mask of the largest connected error region, label) or None when there is no error.
+
+    Missed foreground (label 1) and false positives (label 0) are labelled
+    separately (face-connected, or with fullyConnected every neighbour: 8 in
+    2D, 26 in 3D); the larger region wins. Raises InputError for masks of
+    different shapes.
+    """
+    from scipy import ndimage  # noqa: PLC0415
+
+    predicted, truth = np.asarray(predicted, bool), np.asarray(truth, bool)
+    if predicted.shape != truth.shape:
+        raise InputError(f"Prediction {predicted.shape} and truth {truth.shape} differ in shape.")
+    best = None
+    for errors, label in ((truth & ~predicted, 1), (predicted & ~truth, 0)):
+        components, count = ndimage.label(errors, np.ones((3,) * errors.ndim, bool) if fullyConnected else None)
+        if count == 0:
+            continue
+        sizes = np.bincount(components.ravel())[1:]
+        largest = int(np.argmax(sizes)) + 1
+        if best is None or sizes[largest - 1] > best[0]:
+            best = (sizes[largest - 1], components == largest, label)
+    return None if best is None else (best[1], best[2])
+
+
 def nextClick(predicted, truth) -> Optional[Tuple[np.ndarray, int]]:
     """Where a careful annotator clicks next: ((x, y), label) or None when the mask is perfect.
 
@@ -77,22 +110,13 @@ def nextClick(predicted, truth) -> Optional[Tuple[np.ndarray, int]]:
     """
     from scipy import ndimage  # noqa: PLC0415
 
-    predicted, truth = np.asarray(predicted, bool), np.asarray(truth, bool)
-    best = None
-    for errors, label in ((truth & ~predicted, 1), (predicted & ~truth, 0)):
-        components, count = ndimage.label(errors)
-        if count == 0:
-            continue
-        sizes = np.bincount(components.ravel())[1:]
-        largest = int(np.argmax(sizes)) + 1
-        if best is None or sizes[largest - 1] > best[0]:
-            best = (sizes[largest - 1], components == largest, label)
-    if best is None:
+    found = largestErrorRegion(predicted, truth)
+    if found is None:
         return None
-    region = np.pad(best[1], 1)
+    region = np.pad(found[0], 1)
     depth = ndimage.distance_transform_edt(region)[1:-1, 1:-1]
     row, col = np.unravel_index(int(np.argmax(depth)), depth.shape)
-    return np.array([col, row], dtype=np.float32), best[2]
+    return np.array([col, row], dtype=np.float32), found[1]
 
 
 @dataclass
@@ -149,18 +173,22 @@ class Simulation3d:
 
     dices: 3D Dice after the box (index 0) and after each click. perSliceDice:
     {slice index: Dice} of the final result on the box's slices. clicks:
-    (slice, x, y, label). sliceRange: the box's slices. result: the final
-    PropagationResult. mask: final bool (K, J, I).
+    (i, j, k, label) voxel indices in click order. sliceRange: the box's
+    slices. result: the final RefinementResult. mask: final bool (K, J, I).
+    mode: "native3d" or "propagation". updates: how each click was computed
+    ("incremental", "full").
     """
 
     dices: List[float]
     noc85: int
     noc90: int
     perSliceDice: Dict[int, float]
-    clicks: List[Tuple[int, float, float, int]]
+    clicks: List[Tuple[int, int, int, int]]
     sliceRange: Tuple[int, int]
     result: object = None
     mask: Optional[np.ndarray] = None
+    mode: str = ""
+    updates: List[str] = field(default_factory=list)
 
 
 def truthBox3d(source, truthKji, axis: int):
@@ -168,7 +196,7 @@ def truthBox3d(source, truthKji, axis: int):
     truthKji = np.asarray(truthKji, bool)
     if not truthKji.any():
         raise InputError("The 3D truth is empty: nothing to box.")
-    arrayAxis = {2: 0, 1: 1, 0: 2}[axis]
+    arrayAxis = _ARRAY_AXIS[axis]
     present = np.nonzero(truthKji.any(axis=tuple(a for a in range(3) if a != arrayAxis)))[0]
     footprint = source.nativeMaskToImage(axis, truthKji.any(axis=arrayAxis))
     return boxFromMask(footprint), (int(present[0]), int(present[-1]))
@@ -179,16 +207,42 @@ def _perSliceDice(source, axis, predictedKji, truthKji, sliceRange) -> Dict[int,
             for k in range(sliceRange[0], sliceRange[1] + 1)}
 
 
+def nextClick3d(predictedKji, truthKji, axis: int = 2, spacingIjk=(1.0, 1.0, 1.0)) -> Optional[Tuple[Tuple[int, int, int], int]]:
+    """Where an annotator clicks next in 3D: ((i, j, k) voxel, label) or None when the mask is perfect.
+
+    The largest 3D connected error region (26-connected; missed foreground or
+    false positive, whichever is larger) is found; on the slice along ``axis``
+    where its cross-section is largest, the click goes to the cross-section's
+    interior point farthest from its edge (in mm, the slice border counting as
+    edge). Label 1 for missed foreground, 0 for a false positive.
+    """
+    from scipy import ndimage  # noqa: PLC0415
+
+    found = largestErrorRegion(predictedKji, truthKji, fullyConnected=True)
+    if found is None:
+        return None
+    region, label = found
+    arrayAxis = _ARRAY_AXIS[axis]
+    inPlane = [a for a in range(3) if a != arrayAxis]
+    k = int(np.argmax(region.sum(axis=tuple(inPlane))))
+    section = np.take(region, k, axis=arrayAxis)
+    spacingKji = tuple(float(v) for v in spacingIjk)[::-1]
+    depth = ndimage.distance_transform_edt(np.pad(section, 1), sampling=[spacingKji[a] for a in inPlane])[1:-1, 1:-1]
+    row, col = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    voxelKji = [0, 0, 0]
+    voxelKji[arrayAxis], voxelKji[inPlane[0]], voxelKji[inPlane[1]] = k, int(row), int(col)
+    return (voxelKji[2], voxelKji[1], voxelKji[0]), int(label)
+
+
 def simulate3d(serviceOrEngine, source, truthKji, axis: int = 2, clickBudget: int = 5, jitterMm: float = 0.0,
-               settings: Optional[PropagationSettings] = None, seed: int = 0) -> Simulation3d:
-    """Box the structure in 3D, propagate within the box, then correct the worst slice click by click.
+               settings: Optional[PropagationSettings] = None, seed: int = 0, native: bool = True) -> Simulation3d:
+    """Box the structure in 3D, segment it as the product does, then click where the largest 3D error is.
 
     source: a SliceSource of the volume; truthKji: bool (K, J, I). Each click
-    goes to the slice with the lowest Dice (its largest error region); the
-    slice is re-decoded with its clicks (and the current mask's box, or the
-    ROI box where the mask is empty) and re-propagated locally with
-    correctSlice (SAM 2-family engines: with their memory, memorypropagation.py).
-    Returns a Simulation3d; deterministic for a given seed.
+    (nextClick3d) joins the session and the BoxRefinement recomputes the
+    result with every click so far. native: let an engine with a native 3D
+    mode (GrowCut) use it; False forces slice propagation. Stops early when
+    the mask is perfect. Returns a Simulation3d; deterministic for a given seed.
     """
     service = asService(serviceOrEngine)
     truthKji = np.asarray(truthKji, bool)
@@ -198,28 +252,20 @@ def simulate3d(serviceOrEngine, source, truthKji, axis: int = 2, clickBudget: in
         x0, y0, x1, y1 = (int(round(v)) for v in box)
         footprint[y0:y1 + 1, x0:x1 + 1] = True
         box = boxFromMask(footprint, jitterMm, source.pixelSpacing(axis), np.random.default_rng(seed))
-    memory = usesMemoryPropagation(service)  # SAM 2 family: propagate and correct with the model's memory
-    result = (propagateBox3dWithMemory if memory else propagateBox3d)(service, source, axis, box, sliceRange, settings)
-    predicted = result.toVolumeMask(source)
-    dices, clicks, clicksBySlice = [dice(predicted, truthKji)], [], {}
+    refinement = BoxRefinement(service, source, axis, box, sliceRange, settings, native=native)
+    session = AnnotationSession()
+    outcome = refinement.run(session)
+    dices, clicks, updates = [dice(outcome.maskKji, truthKji)], [], []
     for _ in range(clickBudget):
-        perSlice = _perSliceDice(source, axis, predicted, truthKji, sliceRange)
-        worst = min(perSlice, key=lambda k: (perSlice[k], k))
-        if perSlice[worst] >= 1.0:
-            break
-        truthImage = source.nativeMaskToImage(axis, truthKji[source.sliceSelector(axis, worst)])
-        current = result.masks.get(worst, np.zeros(truthImage.shape, bool))
-        click = nextClick(current, truthImage)
+        click = nextClick3d(outcome.maskKji, truthKji, axis, source.spacingIjk)
         if click is None:
             break
-        clicksBySlice.setdefault(worst, []).append((float(click[0][0]), float(click[0][1]), int(click[1])))
-        clicks.append((worst,) + clicksBySlice[worst][-1])
-        points = clicksBySlice[worst]
-        prompts = Prompts(boxXyxy=None if current.any() else box, pointsXy=[p[:2] for p in points],
-                          pointLabels=[p[2] for p in points])
-        result = (correctWithMemory if memory else correctSlice)(service, source, axis, result, worst, prompts,
-                                                                 settings)
-        predicted = result.toVolumeMask(source)
-        dices.append(dice(predicted, truthKji))
+        (i, j, k), label = click
+        session.addClick((i, j, k), label)
+        clicks.append((i, j, k, label))
+        outcome = refinement.run(session)
+        updates.append(outcome.update)
+        dices.append(dice(outcome.maskKji, truthKji))
     return Simulation3d(dices, numberOfClicks(dices, 0.85, clickBudget), numberOfClicks(dices, 0.90, clickBudget),
-                        _perSliceDice(source, axis, predicted, truthKji, sliceRange), clicks, sliceRange, result, predicted)
+                        _perSliceDice(source, axis, outcome.maskKji, truthKji, sliceRange), clicks, sliceRange,
+                        outcome, outcome.maskKji, refinement.mode, updates)

@@ -1,13 +1,21 @@
-"""MedSAMSlicer self-test scenarios: run inside Slicer (CTest, and "Reload and Test" through
-MedSAMSlicer.py's MedSAMSlicerTest); they use only MRML and MedSAMSlicerLib, so they also
-run headless against slicer-core's scene.
+"""MedSAMSlicer self-test: runs inside Slicer (CTest, and "Reload and Test" through MedSAMSlicer.py's
+MedSAMSlicerTest).
 
-Each scenario builds a synthetic volume with known truth, places a box as a markups ROI,
-segments it with the weight-free engine or a tiny SAM checkpoint it writes itself,
-propagates, applies to a segment, undoes, and checks the segment's voxels.
+Two groups of scenarios:
+
+- MedSAMSlicerInteractionSelfTest: what a user does in the Red, Yellow and Green
+  views (InteractionScenarios.py, the same scenarios pytest runs on headless
+  views), through the application's own slice views
+  (layoutManager().sliceWidget(name).sliceView().interactor()) and the module's
+  panel: buttons clicked, boxes drawn with click, move, click; the main thread
+  idles holding the GIL, as Slicer's event loop does.
+- MedSAMSlicerSelfTest: the Logic alone on a synthetic volume with known truth
+  (GrowCut and a tiny SAM checkpoint): box, preview, propagate, apply, undo.
+  These also run headless against slicer-core's scene.
 """
 
 import os
+import sys
 import tempfile
 import time
 import unittest
@@ -15,11 +23,17 @@ import unittest
 import numpy as np
 import slicer
 
-from MedSAMSlicerLib.workflow.logic import MedSAMLogic
-from MedSAMSlicerLib.imaging.phantoms import ellipsoidPhantom
-from MedSAMSlicerLib.workflow.propagation import PropagationSettings
-from MedSAMSlicerLib.mrml.segmentwriter import segmentMaskKji
-from MedSAMSlicerLib.mrml.volumegeometry import ijkToRas
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from IdleMainThread import idleHoldingGil  # noqa: E402
+from InteractionScenarios import InteractionScenarios  # noqa: E402
+from SliceViewDriver import SliceViewDriver  # noqa: E402
+
+from MedSAMSlicerLib.imaging.phantoms import ellipsoidPhantom  # noqa: E402
+from MedSAMSlicerLib.mrml.segmentwriter import segmentMaskKji  # noqa: E402
+from MedSAMSlicerLib.mrml.volumegeometry import ijkToRas  # noqa: E402
+from MedSAMSlicerLib.workflow.logic import MedSAMLogic  # noqa: E402
+from MedSAMSlicerLib.workflow.propagation import PropagationSettings  # noqa: E402
 
 SHAPE_KJI = (16, 40, 40)
 SPACING_IJK = (1.0, 1.0, 1.5)
@@ -41,8 +55,99 @@ def _dice(a, b):
     return 1.0 if total == 0 else 2.0 * np.logical_and(a, b).sum() / total
 
 
+class SlicerEnvironment:
+    """What InteractionScenarios needs, in the Slicer application: its views, the module's panel and controller."""
+
+    def __init__(self):
+        slicer.mrmlScene.Clear(0)
+        layoutManager = slicer.app.layoutManager()
+        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)
+        slicer.util.selectModule("MedSAMSlicer")
+        self.widget = slicer.modules.MedSAMSlicerWidget
+        self.controller = self.widget.controller
+        self.scene = slicer.mrmlScene
+        self.views = {}
+        for name in ("Red", "Yellow", "Green"):
+            sliceWidget = layoutManager.sliceWidget(name)
+            view = sliceWidget.sliceView()
+            self.views[name] = SliceViewDriver(name, view.interactor(), sliceWidget.mrmlSliceNode(), view.forceRender)
+        self.jobsStarted, self.errors, self.statuses = 0, [], []
+        self._slots = [(self.controller.status, self.statuses.append), (self.controller.error, self.errors.append),
+                       (self.controller.runner.busyChanged, self._countJob)]
+        for signal, slot in self._slots:
+            signal.connect(slot)
+        slicer.app.processEvents()
+
+    @property
+    def parameters(self):
+        return self.controller.parameters
+
+    @property
+    def lastStatus(self):
+        return self.statuses[-1] if self.statuses else ""
+
+    def setParameters(self, **values):
+        for name, value in values.items():
+            setattr(self.parameters, name, value)  # the parameter node tells the panel and the controller
+        self.pump(0)
+
+    def press(self, buttonName):
+        getattr(self.widget.ui, buttonName).click()
+        self.pump(0)
+
+    def pressEscape(self):
+        self.widget._onShortcut(None)  # what the module's Esc shortcut runs
+
+    def pump(self, ms):
+        deadline = time.perf_counter() + ms / 1000.0
+        while True:
+            slicer.app.processEvents()
+            if time.perf_counter() >= deadline:
+                return
+            idleHoldingGil(2)
+
+    def settle(self, timeoutS=120.0):
+        deadline = time.perf_counter() + timeoutS
+        self.pump(0)
+        while not self.controller.idle:
+            if time.perf_counter() > deadline:
+                raise AssertionError(f"the panel did not settle in {timeoutS} s; status: {self.lastStatus}")
+            self.pump(5)
+        self.pump(20)
+
+    def addVolume(self, voxelsKji, spacingIjk, name):
+        volume = slicer.util.addVolumeFromArray(voxelsKji, name=name)
+        volume.SetSpacing(*spacingIjk)
+        slicer.util.setSliceViewerLayers(background=volume, fit=True)
+        self.pump(0)
+        return volume
+
+    def close(self):
+        self.controller.clear()
+        for signal, slot in self._slots:
+            signal.disconnect(slot)
+        slicer.mrmlScene.Clear(0)
+
+    def _countJob(self):
+        task = self.controller.runner.task
+        if task is not None and task.sceneBound:
+            self.jobsStarted += 1
+
+
+class MedSAMSlicerInteractionSelfTest(InteractionScenarios, unittest.TestCase):
+    """The real-view scenarios in Slicer's own Red, Yellow and Green views, through the module's panel."""
+
+    def setUp(self):
+        if not hasattr(slicer, "app"):
+            self.skipTest("needs the Slicer application (its views and the module's panel)")
+        self.env = SlicerEnvironment()
+
+    def tearDown(self):
+        self.env.close()
+
+
 class MedSAMSlicerSelfTest(unittest.TestCase):
-    """Box -> preview -> propagate -> apply -> undo, with GrowCut and with a tiny SAM checkpoint."""
+    """Box -> preview -> propagate -> apply -> undo through the Logic, with GrowCut and with a tiny SAM checkpoint."""
 
     def setUp(self):
         self.scene = _scene()
@@ -56,21 +161,18 @@ class MedSAMSlicerSelfTest(unittest.TestCase):
         self.segmentation, self.segmentId = self.logic.setSegmentation()
 
     def tearDown(self):
-        self.logic.clear()
+        self.logic.cleanup()  # its observers and hidden nodes go with it
         self.scene.Clear(0)
 
-    # ---- helpers ------------------------------------------------------------------
-
-    def _placeBox(self, kRange, roi=None):
-        """An ROI around the truth's in-plane bounding box, spanning slices kRange[0]..kRange[1] (IJK -> RAS)."""
+    def _placeBox(self, kRange):
+        """A 3D box (sized in code, as a script would) around the truth's in-plane extent over kRange."""
         k0, k1 = kRange
         rows, cols = np.nonzero(self.truthKji[(k0 + k1) // 2])
         cornersIjk = np.array([[cols.min() - 2, rows.min() - 2, k0], [cols.max() + 2, rows.max() + 2, k1]], float)
         cornersRas = ijkToRas(self.volume, cornersIjk)
-        if roi is None:
-            roi = self.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "MedSAM box")
-            self.logic.setAxis(AXIAL)
-            self.logic.setPromptNodes(roiNode=roi)
+        roi = self.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "MedSAM box")
+        self.logic.setAxis(AXIAL)
+        self.logic.setPromptNodes(roiNode=roi)
         roi.SetCenter(*cornersRas.mean(axis=0))
         roi.SetSize(*np.abs(cornersRas[1] - cornersRas[0]))
         return roi
@@ -91,8 +193,6 @@ class MedSAMSlicerSelfTest(unittest.TestCase):
         self.logic.undo()
         self.assertEqual(int(self._segmentKji().sum()), 0, "undo left voxels in the segment")
         return dice
-
-    # ---- scenarios ----------------------------------------------------------------
 
     def test_growcut_box_on_one_slice_apply_and_undo(self):
         self.logic.setModel("growcut")
@@ -136,42 +236,9 @@ class MedSAMSlicerSelfTest(unittest.TestCase):
             self._applyAndUndo(minimumDice=0.0)
 
 
-    def test_module_panel_box_preview_apply_undo(self):
-        """The panel itself: its Box node, Preview slice (in the worker), Apply and Undo buttons' handlers."""
-        if not hasattr(slicer, "app"):
-            self.skipTest("needs the Slicer application (the panel is Qt)")
-        slicer.util.selectModule("MedSAMSlicer")
-        widget = slicer.modules.medsamslicer.widgetRepresentation().self()
-        widget._parameterNode.inputVolume = self.volume
-        widget._parameterNode.model = "growcut"
-        k = SHAPE_KJI[0] // 2
-        self._placeBox((k, k), roi=widget._promptNode("roiNode"))
-        widget.logic.setAxis(AXIAL)  # the Red view of this axis-aligned volume
-        widget.onSegmentSlice()
-        self._waitFor(widget)
-        preview = widget.logic.previewMaskKji
-        self.assertIsNotNone(preview, widget.ui.statusLabel.text)
-        widget.onApply()
-        node = widget._parameterNode
-        written = segmentMaskKji(node.segmentation, node.segmentId, self.volume).astype(bool)
-        self.assertTrue(np.array_equal(written, preview))
-        self.assertGreater(_dice(written[k], self.truthKji[k]), 0.85)
-        widget.onUndo()
-        self.assertFalse(segmentMaskKji(node.segmentation, node.segmentId, self.volume).any())
-        widget.onClear()
-
-    @staticmethod
-    def _waitFor(widget, timeoutS=60.0):
-        """Let the event loop run until the panel's background job (and a pending preview refresh) is done."""
-        deadline = time.time() + timeoutS
-        while widget._job is not None or widget._previewTimer.isActive():
-            if time.time() > deadline:
-                raise AssertionError("the panel's background job did not finish")
-            slicer.app.processEvents()
-            time.sleep(0.01)
-
-
 def runTests():
     """Run every scenario with a text report; returns True when all passed."""
-    suite = unittest.defaultTestLoader.loadTestsFromTestCase(MedSAMSlicerSelfTest)
+    loader = unittest.defaultTestLoader
+    suite = unittest.TestSuite([loader.loadTestsFromTestCase(MedSAMSlicerInteractionSelfTest),
+                                loader.loadTestsFromTestCase(MedSAMSlicerSelfTest)])
     return unittest.TextTestRunner(verbosity=2).run(suite).wasSuccessful()

@@ -1,0 +1,116 @@
+"""How MedSAMLogic keeps the clicks of the segment being built (constraints.AnnotationSession) and uses them.
+
+A mixin of MedSAMLogic (logic.py), kept apart so each file holds one concern.
+The point markups are the clicks: before every propagation or correction the
+session is synchronised with them (new points appended in order, deleted or
+moved ones dropped), so every click (any slice, any view) is used by every
+later re-propagation. A 3D box with an engine that segments natively in 3D
+(the weight-free GrowCut) is segmented that way (refinement.BoxRefinement),
+and the next click updates that result incrementally. No Qt.
+"""
+
+from ..core.errors import InputError, MedSAMError
+from .constraints import AnnotationSession, sliceOf
+from .logicjobs import CorrectionJob, VolumeJob
+from .refinement import BoxRefinement
+
+
+class ClickSessionMixin:
+    """Session bookkeeping for MedSAMLogic (uses its attributes: session, nativeVolume, source, axis...)."""
+
+    def acceptSlices(self, sliceIndices=None):
+        """Declare slices of the preview right (along the current axis): no later re-propagation replaces them.
+
+        sliceIndices: slice indices along the current axis; None takes the
+        slice shown in the slice view (setSliceNode). Clicked slices are
+        anchored too, without this call. Returns the accepted slices (sorted).
+        Raises InputError without a volume or a slice to accept.
+        """
+        from ..mrml.volumegeometry import sliceIndexFromSliceNode
+
+        self._requireVolume()
+        if sliceIndices is None:
+            if self.sliceNode is None:
+                raise InputError("No slice to accept: give the slice indices or set the slice view (setSliceNode).")
+            sliceIndices = [sliceIndexFromSliceNode(self.volumeNode, self.axis, self.sliceNode)]
+        count = self.source.sliceCount(self.axis)
+        indices = [int(k) for k in sliceIndices]
+        if any(not 0 <= k < count for k in indices):
+            raise InputError(f"Slices {indices} are not all inside the volume (0..{count - 1}) along {'IJK'[self.axis]}.")
+        self.session.accept(self.axis, indices)
+        return sorted(self.session.acceptedSlices(self.axis))
+
+    def _syncedSession(self):
+        """(a snapshot of the session synchronised with the point markups, added clicks, removed clicks)."""
+        from ..mrml.markupprompts import pointsFromMarkups
+        from ..mrml.volumegeometry import rasToIjk
+
+        pointsRas, labels = pointsFromMarkups(self.positiveNode, self.negativeNode)
+        pointsIjk = rasToIjk(self.volumeNode, pointsRas) if len(pointsRas) else pointsRas
+        session = self.session.snapshot()
+        added, removed = session.sync(pointsIjk, labels)
+        return session, added, removed
+
+    def _sessionPromptSet(self, sliceIndex=None):
+        """The prompts of the seed slice; with points on several slices (clicks of a session), the box with the
+        points of its own slice only (the others are applied as corrections after propagating)."""
+        from ..mrml.markupprompts import promptsFromMarkups
+
+        try:
+            return self._promptSet(sliceIndex)
+        except MedSAMError:
+            roi = self.roiNode if self.roiNode is not None and self.roiNode.GetNumberOfControlPoints() > 0 else None
+            if roi is None or (not self.session.clicks and not self._hasPoints()):
+                raise
+        promptSet = promptsFromMarkups(self.volumeNode, self.source, self.axis, roi, sliceIndex=sliceIndex)
+        session, _, _ = self._syncedSession()
+        promptSet.prompts = session.promptsOnSlice(self.source, self.axis, promptSet.sliceIndex, promptSet.prompts.boxXyxy)
+        return promptSet
+
+    def _nativeVolumeJob(self, promptSet, session, settings):
+        """A VolumeJob for a 3D box when the engine segments natively in 3D and nativeVolume is on, else None."""
+        engine = self._ensureService().engine
+        if not (self.nativeVolume and hasattr(engine, "volumeSegmenter") and promptSet.sliceRange is not None
+                and promptSet.prompts.boxXyxy is not None):
+            return None
+        refinement = BoxRefinement(self.service, self.source, self.axis, promptSet.prompts.boxXyxy,
+                                   promptSet.sliceRange, settings, native=True)
+        return VolumeJob(refinement, session, self.postprocess)
+
+    def _sessionCorrectionJob(self, previous, settings):
+        """The job that brings a volume preview in line with the point markups (see prepareCorrection)."""
+        session, added, removed = self._syncedSession()
+        if previous.refinement is not None:
+            refinement = previous.refinement
+            promptSet = self._boxPromptSet()
+            if promptSet is not None and (promptSet.prompts.boxXyxy != refinement.boxXyxy
+                                          or promptSet.sliceRange != refinement.sliceRange):
+                refinement = BoxRefinement(self.service, self.source, self.axis, promptSet.prompts.boxXyxy,
+                                           promptSet.sliceRange, settings, native=True)  # the box was moved
+            job = VolumeJob(refinement, session, self.postprocess)
+        else:
+            k0, k1 = previous.propagation.sliceRange or (0, self.source.sliceCount(self.axis) - 1)
+            outside = sorted({sliceOf(c, self.axis) for c in added} - set(range(k0, k1 + 1)))
+            if outside:
+                raise InputError(f"The points are on slice(s) {outside}, outside the propagated slices {k0}..{k1}.")
+            job = CorrectionJob(self._ensureService(), self.source, self.axis, previous, session, added,
+                                restart=bool(removed), postprocess=self.postprocess, settings=settings)
+        self.session = session
+        return job
+
+    def _boxPromptSet(self):
+        """The ROI's prompt set (box, slice range) without points, or None without an ROI."""
+        from ..mrml.markupprompts import promptsFromMarkups
+
+        if self.roiNode is None or self.roiNode.GetNumberOfControlPoints() == 0:
+            return None
+        return promptsFromMarkups(self.volumeNode, self.source, self.axis, self.roiNode)
+
+    def _hasPoints(self):
+        from ..mrml.markupprompts import pointsFromMarkups
+
+        return len(pointsFromMarkups(self.positiveNode, self.negativeNode)[0]) > 0
+
+    def _resetSession(self):
+        """A new segment begins: forget clicks' history and accepted slices."""
+        self.session = AnnotationSession()
