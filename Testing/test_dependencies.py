@@ -121,3 +121,26 @@ def test_package_still_missing_after_install_is_reported():
 def test_real_check_in_this_environment_finds_torch():
     # The test venv has torch and segment-anything: the real finder must see them without importing.
     assert dependencies.checkDependencies().ok
+
+
+def test_sam2_is_installed_on_its_own_without_cuda_build_isolation_or_dependencies(monkeypatch):
+    import os
+    import sys
+    import types
+
+    specs = dependencies.readRequirements()
+    assert "sam2==1.1.0" in specs and dependencies.importName("hydra-core>=1.3.2") == "hydra"
+    commands = dependencies.pipCommands(["segment-anything>=1.0", "sam2==1.1.0", "hydra-core>=1.3.2"])
+    assert commands == [(["segment-anything>=1.0", "hydra-core>=1.3.2"], {}),
+                        (["--no-deps", "--no-build-isolation", "sam2==1.1.0"], {"SAM2_BUILD_CUDA": "0"})]
+    # Inside Slicer: slicer.util.pip_install runs pip in this process's environment (Slicer 5.10 util.py).
+    calls = []
+    fakeUtil = types.SimpleNamespace(pip_install=lambda args: calls.append((args, os.environ.get("SAM2_BUILD_CUDA"))))
+    fakeSlicer = types.ModuleType("slicer")
+    fakeSlicer.util = fakeUtil
+    monkeypatch.setitem(sys.modules, "slicer", fakeSlicer)
+    monkeypatch.setitem(sys.modules, "slicer.util", fakeUtil)
+    monkeypatch.delenv("SAM2_BUILD_CUDA", raising=False)
+    dependencies.slicerPipInstaller()(["tqdm>=4.66", "sam2==1.1.0"])
+    assert calls == [(["tqdm>=4.66"], None), (["--no-deps", "--no-build-isolation", "sam2==1.1.0"], "0")]
+    assert "SAM2_BUILD_CUDA" not in os.environ

@@ -12,8 +12,9 @@ setupVenv() {  # setupVenv FOLDER [EXTRA REQUIREMENT ...]
   local venv=$1
   shift
   python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --upgrade pip
-  "$venv/bin/python" -m pip install --quiet -e ".[test]" "$@"
+  "$venv/bin/python" -m pip install --quiet --upgrade pip "setuptools>=77"
+  # sam2 (extra "sam2") builds from source: no CUDA extension, and against this venv's torch, not a downloaded one.
+  SAM2_BUILD_CUDA=0 "$venv/bin/python" -m pip install --quiet --no-build-isolation -e ".[test]" "$@"
 }
 
 # The real slice views (Testing/test_realviews.py) render offscreen through Mesa's EGL: no display,

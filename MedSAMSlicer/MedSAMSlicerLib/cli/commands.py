@@ -121,14 +121,15 @@ def announceModel(model) -> None:
         info(model[2])
 
 
-def createLogic(scene, volumeNode, model, device):
-    """A MedSAMLogic on ``scene`` with ``volumeNode`` and the model ``(name, checkpointPath, note)`` of resolveModel."""
+def createLogic(scene, volumeNode, model, device, recipe=None):
+    """A MedSAMLogic on ``scene`` with ``volumeNode`` and the model ``(name, checkpointPath, note)`` of resolveModel;
+    ``recipe`` (--recipe) chooses the preprocessing of a checkpoint file."""
     from ..workflow.logic import MedSAMLogic
 
     modelName, checkpointPath, _ = model
     logic = MedSAMLogic(scene)
     logic.setVolume(volumeNode)
-    logic.setModel(modelName, device=device, checkpointPath=checkpointPath)
+    logic.setModel(modelName, device=device, checkpointPath=checkpointPath, recipe=recipe)
     return logic
 
 
@@ -236,7 +237,7 @@ def runSegment(args) -> int:
     checkOutputHoldsGeometry(args.out, volumeNode)  # a skewed grid in NIfTI: refused now, not after segmenting
     axis = AXES[args.axis]
     roi, positive, negative = addPromptNodes(scene, volumeNode, args.prompts, axis)
-    logic = createLogic(scene, volumeNode, model, args.device)
+    logic = createLogic(scene, volumeNode, model, args.device, args.recipe)
     segmentationNode, segmentId = logic.setSegmentation()
     logic.setAxis(axis)
     logic.setPromptNodes(roiNode=roi, positiveNode=positive, negativeNode=negative)
@@ -442,7 +443,7 @@ def runEvaluate(args) -> int:
     volumeNode = readImage(args.image, scene, args.volume_index)
     labelNode = readImage(args.labelImage, scene)
     truthKji = truthFromLabel(labelOnImageGrid(labelNode, volumeNode), args.label)
-    logic = createLogic(scene, volumeNode, model, args.device)
+    logic = createLogic(scene, volumeNode, model, args.device, args.recipe)
     axis = AXES[args.axis]
     source = logic.source
     if source.sliceCount(axis) == 1:

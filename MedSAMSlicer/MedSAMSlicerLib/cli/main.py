@@ -2,7 +2,8 @@
 
     medsam-slicer segment IMAGE --out OUT [--box X0,Y0,Z0,X1,Y1,Z1] [--point X,Y,Z,LABEL ...]
                   [--box-ras R0,A0,S0,R1,A1,S1] [--point-ras R,A,S,LABEL ...] [--axis i|j|k]
-                  [--propagate] [--model NAME|PATH] [--device auto|cuda|mps|cpu] [--json] [--debug]
+                  [--propagate] [--model NAME|PATH] [--recipe medsam|sam|medsam2|sam2]
+                  [--device auto|cuda|mps|cpu] [--json] [--debug]
     medsam-slicer evaluate IMAGE LABEL [--label N] [--model ...] [--clicks N] [--json]
     medsam-slicer models
     medsam-slicer download MODEL [--force]
@@ -27,9 +28,11 @@ from typing import List, Optional, Sequence, Tuple
 
 from ..core.errors import InputError, MedSAMError, PromptError
 from ..core.interrupts import STOP_SIGNALS, installStopHandlers
+from ..models.registry import RECIPES as MODEL_RECIPES
 from .options import AXES
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
+RECIPES = tuple(recipe for recipe in MODEL_RECIPES if recipe != "none")
 EXIT_USER_ERROR = 2
 EXIT_FAILURE = 1
 #: evaluate --clicks: interactive segmentation benchmarks count up to 20 clicks; far beyond that a simulated
@@ -152,10 +155,14 @@ def _addModelOptions(parser):
     parser.add_argument(
         "--model",
         default=None,
-        help="medsam | sam_vit_b | sam_vit_l | sam_vit_h | growcut | PATH to a checkpoint (architecture detected). "
+        help="medsam | sam_vit_b | sam_vit_l | sam_vit_h | medsam2 | sam2.1_hiera_t|s|b+|l | growcut | PATH to a "
+        "checkpoint (SAM or SAM 2.1 family and architecture detected from the weights). "
         "Default: MedSAM when its weights are cached, else the weight-free growcut engine.",
     )
     parser.add_argument("--device", default="auto", choices=DEVICES, help="where the model runs (default auto)")
+    parser.add_argument("--recipe", default=None, choices=RECIPES,
+                        help="preprocessing of a checkpoint given by PATH: medsam | sam (SAM/MedSAM files), "
+                        "medsam2 | sam2 (SAM 2.1/MedSAM2 files); default from the file name (MedSAM or not)")
 
 
 def buildParser() -> argparse.ArgumentParser:

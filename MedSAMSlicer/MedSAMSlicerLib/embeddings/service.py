@@ -192,6 +192,10 @@ class EmbeddingService:
         finally:
             self._addTime("decode", time.perf_counter() - start)
 
+    def addTiming(self, name: str, seconds: float) -> None:
+        """Count ``seconds`` of work done outside decode() (a memory-propagation step) into timings[name]."""
+        self._addTime(name, seconds)
+
     def invalidate(self, source) -> int:
         """Forget every cached slice of ``source`` (memory and disk); returns memory entries dropped.
 

@@ -16,44 +16,22 @@ torch and segment_anything are imported at first use; never imports slicer.
 """
 
 import contextlib
-import hashlib
 import logging
 import threading
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from .devices import (autocastContext, autocastDtype, batchSizeForMemory, chooseDevice, emptyDeviceCache,
-                      isOutOfMemory)
-from .base import DecodeResult, Engine, Prompts, SliceEmbedding
+from .devices import autocastDtype, autocastContext, chooseDevice
+from .base import DecodeResult, Prompts, SliceEmbedding
+from .torchengine import TorchEngine, asRgb, checkPromptsOnImage, checkpointDigest  # noqa: F401 (re-exported)
 from ..core.errors import InputError, PromptError
-from ..core.progress import ProgressCallback, reportProgress
 
 logger = logging.getLogger(__name__)
 
 SAM_RECIPES = ("medsam", "sam")
-_digests = {}
-_digestLock = threading.Lock()
-
-
-def checkpointDigest(path) -> str:
-    """SHA-256 (hex) of a file, computed once per (path, modification time, size) in this process."""
-    path = Path(path).resolve()
-    stat = path.stat()
-    key = (str(path), stat.st_mtime_ns, stat.st_size)
-    with _digestLock:
-        if key in _digests:
-            return _digests[key]
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 22), b""):
-            digest.update(block)
-    with _digestLock:
-        _digests[key] = digest.hexdigest()
-    return _digests[key]
 
 
 @dataclass
@@ -72,7 +50,7 @@ class _PreparedPrompts:
         return (self.boxModel is not None, len(self.coordsModel), self.maskInput is not None, self.multimask)
 
 
-class SamEngine(Engine):
+class SamEngine(TorchEngine):
     """A SAM-family checkpoint (MedSAM, SAM ViT-B/L/H, custom) with its preprocessing recipe.
 
     checkpointPath: .pth file (bare state dict or {"model": ...}); or pass an
@@ -82,9 +60,11 @@ class SamEngine(Engine):
     identity; default "<modelName or recipe_architecture>:<first 12 hex of the
     file's SHA-256>", so two checkpoints never share cache entries. batchSize:
     slices per encoder pass (default: from free GPU memory; 1 on CPU).
-    fastDecoding: on a CPU, decode through fastdecoder.FastMaskDecoder (same
-    model and weights, exact up to float rounding, 2-3x faster on a CPU) and
-    swap the model's kernel-2 transposed convolutions and LayerNorm2d for
+    Embeddings hold fp16 (C, 64, 64) features on the engine's device; encode
+    is TorchEngine's (batched, out-of-memory safe). fastDecoding: on a CPU,
+    decode through fastdecoder.FastMaskDecoder (same model and weights, exact
+    up to float rounding, 2-3x faster on a CPU) and swap the model's kernel-2
+    transposed convolutions and LayerNorm2d for
     their faster equivalents; False keeps segment-anything's modules as they
     are. On a GPU the stock decoder is used: its few large kernels beat the
     fast path's many small ones there (6.3 vs 14.4 ms per click on an H100,
@@ -115,14 +95,11 @@ class SamEngine(Engine):
             self.architecture = architecture or detectArchitecture(model.state_dict()).name
             identity = f"mem{id(model):x}"
         self.checkpointPath = Path(checkpointPath) if checkpointPath is not None else None
-        self.fallbackMessage: Optional[str] = None  # set when a GPU OOM moved the engine to the CPU
         self.model = self._placeModel(model.eval())
         self.modelId = modelId or f"{modelName or f'{recipe}_{self.architecture}'}:{identity}"
         self.displayName = displayName or f"{'MedSAM' if recipe == 'medsam' else 'SAM'} ({self.architecture})"
-        self.batchSize = batchSize
+        self._initEncoding(batchSize)
         self.mixedPrecision = mixedPrecision
-        self._batchCap: Optional[int] = None  # lowered after an out-of-memory error
-        self._fallbackLock = threading.Lock()
         self._streams: dict = {}  # CUDA streams by purpose ("encode", "decode"), made at first use
         self._densePe = None  # cached by _densePositionalEncoding; reset when the model changes device
         self.fastDecoding = fastDecoding
@@ -144,69 +121,7 @@ class SamEngine(Engine):
         swapFastLayers(self.model)
         return FastMaskDecoder(self.model)
 
-    def _placeModel(self, model):
-        """The model moved to the engine's device; on a GPU too small for the weights, kept on the CPU with a warning."""
-        try:
-            return model.to(self._device)
-        except Exception as exc:
-            if not isOutOfMemory(exc) or self._device == "cpu":
-                raise
-            self.fallbackMessage = (f"The model does not fit in the memory of the GPU ({self._device}); it runs on the "
-                                    "CPU, which is slower. Close other GPU programs or choose a smaller model.")
-            logger.warning(self.fallbackMessage)
-            warnings.warn(self.fallbackMessage, RuntimeWarning, stacklevel=3)
-            emptyDeviceCache(self._device)
-            self._device = "cpu"
-            return model.to("cpu")
-
-    @property
-    def device(self) -> str:
-        """Where the engine computes now ("cuda", "mps", "cpu"); "cpu" after an out-of-memory fallback."""
-        return self._device
-
     # ----------------------------------------------------------------- encode
-
-    def encode(self, images: Sequence[np.ndarray], progress: Optional[ProgressCallback] = None) -> list:
-        """Encode slice images (float32 (H, W) or (H, W, 3) in [0, 1]) into SliceEmbeddings, in batches.
-
-        Features are stored fp16 on the engine's device ((C, 64, 64) for SAM).
-        A GPU out-of-memory error halves the batch and retries down to one
-        slice, then moves the engine to the CPU with a warning
-        (``fallbackMessage``); it never fails for lack of GPU memory.
-        Raises InputError for an image of the wrong shape.
-        """
-        images = list(images)
-        sizes = [self._checkImage(image, index) for index, image in enumerate(images)]
-        embeddings: list = []
-        batch = self._currentBatchSize()
-        start = 0
-        while start < len(images):
-            chunk = images[start:start + batch]
-            try:
-                embeddings.extend(self._encodeBatch(chunk, sizes[start:start + batch]))
-            except Exception as exc:
-                if not isOutOfMemory(exc):
-                    raise
-                batch = self._recoverFromOutOfMemory(batch, exc)
-                continue
-            start += len(chunk)
-            reportProgress(progress, start / len(images), f"Encoded {start} of {len(images)} slices")
-        return embeddings
-
-    def _checkImage(self, image, index: int) -> tuple:
-        shape = np.shape(image)
-        if len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3)):
-            if shape[0] >= 1 and shape[1] >= 1:
-                return (int(shape[0]), int(shape[1]))
-        raise InputError(f"Slice image {index} has shape {shape}; the engine needs (H, W) grayscale or "
-                         "(H, W, 3) colour. Pick a 2D slice of a scalar or RGB volume.")
-
-    def _currentBatchSize(self) -> int:
-        if self.batchSize is not None:
-            size = max(1, int(self.batchSize))
-        else:
-            size = batchSizeForMemory(self._device, self._estimatedBytesPerSlice())
-        return min(size, self._batchCap) if self._batchCap else size
 
     def _estimatedBytesPerSlice(self) -> int:
         """Peak encoder memory per slice: a global attention block's scores dominate (heads x tokens^2, held as
@@ -218,43 +133,14 @@ class SamEngine(Engine):
         embedDim = encoder.patch_embed.proj.out_channels
         return heads * grid ** 4 * (2 * element + 4) + 16 * grid * grid * embedDim * 4 + 3 * self.imgSize ** 2 * 4
 
-    def _recoverFromOutOfMemory(self, batch: int, exc: BaseException) -> int:
-        """Halve the batch after an OOM; at one slice move to the CPU. Returns the batch to retry with."""
-        emptyDeviceCache(self._device)
-        if batch > 1:
-            self._batchCap = max(1, batch // 2)
-            logger.warning("Out of memory encoding %d slices on %s; retrying with %d.", batch, self._device,
-                           self._batchCap)
-            return self._batchCap
-        if not self._accelerated():
-            raise InputError("Not enough memory to encode even one slice on the CPU. Close other programs, "
-                             "or use smaller images or a smaller model.") from exc
-        self._fallBackToCpu(exc)
-        return 1
-
-    def _accelerated(self) -> bool:
-        """True while computing on a GPU (there is a CPU to fall back to)."""
-        return self._device != "cpu"
-
-    def _fallBackToCpu(self, exc: BaseException) -> None:
-        with self._fallbackLock:
-            previous = self._device
-            self.fallbackMessage = (
-                f"The GPU ({previous}) ran out of memory even for one slice ({str(exc).splitlines()[0][:120]}); "
-                "MedSAMSlicer continues on the CPU, which is slower. Close other GPU programs or choose a "
-                "smaller model, then reload the model to use the GPU again.")
-            logger.warning(self.fallbackMessage)
-            warnings.warn(self.fallbackMessage, RuntimeWarning, stacklevel=3)
-            self.model.to("cpu")
-            self._densePe = None
-            self._device = "cpu"
-            self._batchCap = None
-            self._graphDecoder = None
-            if self._fastDecoder is not None:
-                self._fastDecoder.reset()
-            elif self.fastDecoding:
-                self._fastDecoder = self._makeFastDecoder()
-        emptyDeviceCache(previous)
+    def _afterFallback(self) -> None:
+        """After an out-of-memory fallback to the CPU: drop GPU-bound caches, decode with the fast decoder."""
+        self._densePe = None
+        self._graphDecoder = None
+        if self._fastDecoder is not None:
+            self._fastDecoder.reset()
+        elif self.fastDecoding:
+            self._fastDecoder = self._makeFastDecoder()
 
     def _cudaStream(self, purpose: str):
         """A stream context for "encode" or "decode" work on CUDA; a no-op context elsewhere.
@@ -291,7 +177,7 @@ class SamEngine(Engine):
 
     def _modelInput(self, image: np.ndarray):
         """(3, S, S) float32 tensor on the device for one image, and the unpadded input size (h, w)."""
-        rgb = _asRgb(image)
+        rgb = asRgb(image)
         if self.recipe == "medsam":
             return self._medsamInput(rgb), (self.imgSize, self.imgSize)
         return self._samInput(rgb)
@@ -354,19 +240,8 @@ class SamEngine(Engine):
 
     def _preparePrompts(self, prompts: Prompts, embedding: SliceEmbedding) -> _PreparedPrompts:
         height, width = embedding.imageSize
-        if prompts.isEmpty:
-            raise PromptError("No prompt given: draw a box or click at least one point on the slice.")
-        if prompts.boxXyxy is not None:
-            x0, y0, x1, y1 = prompts.boxXyxy
-            if x1 < -0.5 or y1 < -0.5 or x0 > width - 0.5 or y0 > height - 0.5:
-                raise PromptError(f"The box {prompts.boxXyxy} lies entirely off the {width}x{height} slice; "
-                                  "draw it on the image.")
+        checkPromptsOnImage(prompts, height, width)
         points = prompts.pointsXy
-        if prompts.boxXyxy is None:
-            inside = ((points[:, 0] >= -0.5) & (points[:, 0] <= width - 0.5)
-                      & (points[:, 1] >= -0.5) & (points[:, 1] <= height - 0.5))
-            if not inside.any():
-                raise PromptError(f"Every point lies off the {width}x{height} slice; click on the image.")
         scale = self._promptScale(height, width)
         box = None
         if prompts.boxXyxy is not None:
@@ -468,11 +343,3 @@ class SamEngine(Engine):
         logits = self.model.postprocess_masks(lowRes, inputSize, (height, width))
         return logits[:, 0] > self.model.mask_threshold
 
-
-def _asRgb(image) -> np.ndarray:
-    """A new float32 (H, W, 3) array from (H, W), (H, W, 1) or (H, W, 3); NaN/inf -> 0; the input is not modified."""
-    array = np.asarray(image, dtype=np.float32)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    rgb = np.repeat(array, 3, axis=2) if array.shape[2] == 1 else np.array(array, dtype=np.float32, copy=True)
-    return np.nan_to_num(rgb, nan=0.0, posinf=1.0, neginf=0.0)

@@ -1,7 +1,8 @@
 """Check and install the Python packages the SAM engines need inside Slicer.
 
 The weight-free engine needs nothing beyond Slicer itself; MedSAM and SAM need
-torch, torchvision and segment-anything. Inside the Slicer application torch
+torch, torchvision and segment-anything; SAM 2.1 and MedSAM2 also sam2 (installed
+without its CUDA extension, see PIP_OPTIONS) and its small dependencies. Inside the Slicer application torch
 comes from the PyTorch extension (PyTorchUtils picks the build that matches
 the GPU driver); everything else is listed in Resources/requirements.txt and
 installed with slicer.util.pip_install.
@@ -17,7 +18,9 @@ DependencyError saying what is and is not installed and what to do.
 
 import importlib
 import importlib.util
+import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
@@ -27,11 +30,17 @@ from ..core.errors import DependencyError
 TORCH_MODULES = ("torch", "torchvision")
 """Import names that the PyTorch extension installs (never pip-installed by us)."""
 
-IMPORT_NAMES = {"segment-anything": "segment_anything", "pillow": "PIL", "scikit-image": "skimage"}
+IMPORT_NAMES = {"segment-anything": "segment_anything", "pillow": "PIL", "scikit-image": "skimage", "hydra-core": "hydra"}
 """Distribution names whose import name is not the distribution name with '-' -> '_'."""
 
 FORBIDDEN_REQUIREMENTS = ("slicer-core", "torch", "torchvision")
 """Never pip-installed inside Slicer: Slicer has its own `slicer`; torch comes from PyTorchUtils."""
+
+PIP_OPTIONS = {"sam2": (("--no-deps", "--no-build-isolation"), {"SAM2_BUILD_CUDA": "0"})}
+"""Distributions pip installs on their own, with these arguments and environment variables: sam2 is a
+source package whose setup.py compiles a CUDA extension unless SAM2_BUILD_CUDA=0 and whose build
+environment would download a second torch; --no-deps keeps the PyTorch extension's torch (sam2's other
+run-time dependencies are listed in requirements.txt)."""
 
 ConfirmCallback = Callable[[str], bool]
 
@@ -140,8 +149,25 @@ def pyTorchUtilsInstaller() -> Optional[Callable[[], None]]:
     return install
 
 
+def pipCommands(specs: Sequence[str]) -> List[tuple]:
+    """The pip runs that install ``specs``: [(arguments, environment variables)], the plain specifiers in
+    one run first, then each one with PIP_OPTIONS in its own run with its arguments and variables."""
+    plain = [spec for spec in specs if distributionName(spec) not in PIP_OPTIONS]
+    commands = [(plain, {})] if plain else []
+    for spec in specs:
+        if distributionName(spec) in PIP_OPTIONS:
+            arguments, environment = PIP_OPTIONS[distributionName(spec)]
+            commands.append(([*arguments, spec], dict(environment)))
+    return commands
+
+
 def slicerPipInstaller() -> Optional[Callable[[Sequence[str]], None]]:
-    """A callable running slicer.util.pip_install on requirement specifiers, or None outside Slicer."""
+    """A callable running slicer.util.pip_install on requirement specifiers, or None outside Slicer.
+
+    slicer.util.pip_install (Slicer 5.10) runs PythonSlicer -m pip in this process's environment
+    (launchConsoleProcess with useStartupEnvironment=False passes env=None), so the variables of
+    pipCommands are set in os.environ for the duration of their run.
+    """
     try:
         import slicer.util
 
@@ -150,9 +176,26 @@ def slicerPipInstaller() -> Optional[Callable[[Sequence[str]], None]]:
         return None
 
     def install(specs: Sequence[str]) -> None:
-        pipInstall(" ".join(specs))
+        for arguments, environment in pipCommands(specs):
+            with _environment(environment):
+                pipInstall(list(arguments))
 
     return install
+
+
+@contextmanager
+def _environment(variables: dict):
+    """Set environment variables for the enclosed block; restore the previous values after."""
+    previous = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def ensureDependencies(

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..core.errors import DownloadError, InputError
-from .registry import getModelSpec, modelNames
+from .registry import RECIPES, SAM2_RECIPES, getModelSpec, modelNames
 
 DEFAULT_SAM_MODEL = "medsam"
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
@@ -32,11 +32,17 @@ def _looksLikePath(name) -> bool:
     return isinstance(name, Path) or Path(text).suffix.lower() in CHECKPOINT_SUFFIXES or "/" in text or "\\" in text
 
 
-def _recipeForFile(path: Path, recipe: Optional[str]) -> str:
-    """The recipe for a user's checkpoint: the override, else "medsam" for a MedSAM fine-tune by name, else "sam"."""
+def _recipeForFile(path: Path, recipe: Optional[str], sam2: bool = False) -> str:
+    """The recipe for a user's checkpoint: the override, else "medsam" ("medsam2" for a SAM 2 file) for a
+    MedSAM fine-tune by name, else "sam" ("sam2"). InputError when the override is of the other family."""
+    family = SAM2_RECIPES if sam2 else tuple(r for r in RECIPES if r not in SAM2_RECIPES and r != "none")
     if recipe:
+        if recipe not in family:
+            kind = "a SAM 2.1 / MedSAM2 (Hiera)" if sam2 else "a SAM / MedSAM (ViT)"
+            raise InputError(f"{path.name} is {kind} checkpoint: its recipe is one of {', '.join(family)}, "
+                             f"not {recipe!r}.")
         return recipe
-    return "medsam" if "medsam" in path.name.lower() else "sam"
+    return family[0] if "medsam" in path.name.lower() else family[1]
 
 
 def createEngine(name: str = "auto", device: str = "auto", checkpointPath=None, recipe: Optional[str] = None,
@@ -44,12 +50,14 @@ def createEngine(name: str = "auto", device: str = "auto", checkpointPath=None, 
     """Build the engine called ``name``.
 
     name: "auto" (defaultModelName()), "growcut", a registry id or alias
-    ("medsam", "sam_vit_b", "sam_vit_l", "sam_vit_h"), "custom" (with
-    checkpointPath), or a checkpoint file path. checkpointPath: use this file
-    instead of the cached one (architecture checked against the registry's, or
-    detected for custom files). recipe: "medsam"/"sam" override for files
-    (default "sam" unless the registry entry or the file name says MedSAM).
-    engineOptions go to SamEngine (batchSize, modelName, ...).
+    ("medsam", "sam_vit_b", "sam_vit_l", "sam_vit_h", "medsam2", "sam2.1_hiera_t",
+    ...), "custom" (with checkpointPath), or a checkpoint file path.
+    checkpointPath: use this file instead of the cached one (architecture
+    checked against the registry's, or detected for custom files). recipe:
+    override for files: "medsam"/"sam" for SAM files, "medsam2"/"sam2" for SAM 2
+    files (recognised from their keys); default "sam"/"sam2" unless the registry
+    entry or the file name says MedSAM. engineOptions go to SamEngine or
+    Sam2Engine (batchSize, modelName, ...).
     Raises InputError (unknown name, missing file), DownloadError (weights not
     cached), CheckpointError (bad file), DependencyError (no torch).
     """
@@ -88,17 +96,27 @@ def createEngine(name: str = "auto", device: str = "auto", checkpointPath=None, 
 def _engineFromFile(path: Path, device: str, recipe: Optional[str], spec, engineOptions):
     if not path.is_file():
         raise InputError(f"Checkpoint file not found: {path}. Check the path.")
+    from ..engines.sam2checkpoints import isSam2Checkpoint
+
     architecture = spec.architecture if spec is not None and spec.kind == "download" else None
-    return _samEngine(path, _recipeForFile(path, recipe), architecture, device, spec, engineOptions)
+    sam2 = isSam2Checkpoint(path)
+    if spec is not None and spec.kind == "download" and spec.isSam2 != sam2:
+        raise InputError(f"{path.name} is not a {spec.displayName} checkpoint (it is a "
+                         f"{'SAM 2' if sam2 else 'SAM'} model): choose the matching model or file.")
+    return _samEngine(path, _recipeForFile(path, recipe, sam2), architecture, device, spec, engineOptions)
 
 
 def _samEngine(path: Path, recipe: str, architecture, device: str, spec, engineOptions):
-    from ..engines.samengine import SamEngine
-
     options = dict(engineOptions)
     if spec is not None and spec.kind == "download":
         options.setdefault("modelName", spec.modelId)
         options.setdefault("displayName", spec.displayName)
     else:
         options.setdefault("modelName", f"{path.stem}_{recipe}")
+    if recipe in SAM2_RECIPES:
+        from ..engines.sam2engine import Sam2Engine
+
+        return Sam2Engine(path, recipe=recipe, architecture=architecture, device=device, **options)
+    from ..engines.samengine import SamEngine
+
     return SamEngine(path, recipe=recipe, architecture=architecture, device=device, **options)

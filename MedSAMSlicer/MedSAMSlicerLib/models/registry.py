@@ -13,8 +13,10 @@ from typing import Dict, Optional, Tuple
 from ..core.errors import InputError
 
 REGISTRY_PATH = Path(__file__).resolve().parents[2] / "Resources" / "Models.json"
-RECIPES = ("medsam", "sam", "none")
-ARCHITECTURES = ("vit_b", "vit_l", "vit_h")
+RECIPES = ("medsam", "sam", "medsam2", "sam2", "none")
+#: Recipes of SAM 2-family models (Sam2Engine, memory propagation); the others are SamEngine's.
+SAM2_RECIPES = ("medsam2", "sam2")
+ARCHITECTURES = ("vit_b", "vit_l", "vit_h", "hiera_t", "hiera_s", "hiera_b+", "hiera_l")
 KINDS = ("download", "file", "builtin")
 
 
@@ -26,7 +28,8 @@ class ModelSpec:
     kind: "download" (official weights, cached), "file" (a checkpoint the user picks),
     "builtin" (weight-free). fileName/sizeBytes/sha256/urls describe the official
     file (None / () when unknown or not applicable). architecture: "vit_b",
-    "vit_l", "vit_h" or None (detected from the file). recipe: "medsam", "sam" or "none".
+    "vit_l", "vit_h" (SAM), "hiera_t", "hiera_s", "hiera_b+", "hiera_l" (SAM 2.1) or
+    None (detected from the file). recipe: "medsam", "sam", "medsam2", "sam2" or "none".
     """
 
     modelId: str
@@ -47,6 +50,11 @@ class ModelSpec:
     def needsWeights(self) -> bool:
         """True when the model runs on a checkpoint file (everything but weight-free engines)."""
         return self.kind != "builtin"
+
+    @property
+    def isSam2(self) -> bool:
+        """True for a SAM 2-family model (SAM 2.1, MedSAM2): it propagates with a memory."""
+        return self.recipe in SAM2_RECIPES
 
     @property
     def isDownloadable(self) -> bool:

@@ -110,8 +110,10 @@ class MedSAMLogic(ObservationMixin, ClickSessionMixin):
         if self.segmentationNode is not None:
             self._ensureWriter()
 
-    def setModel(self, name="auto", device="auto", checkpointPath=None):
-        """Use the model ``name`` ("growcut", "medsam", "sam_vit_b", "auto", or a checkpoint path) on ``device``.
+    def setModel(self, name="auto", device="auto", checkpointPath=None, recipe=None):
+        """Use the model ``name`` ("growcut", "medsam", "sam_vit_b", "medsam2", "sam2.1_hiera_t", "auto", or a
+        checkpoint path) on ``device``; ``recipe`` chooses the preprocessing of a checkpoint file
+        ("medsam", "sam", "medsam2", "sam2"; None: from the file).
 
         Builds the engine through engines.createEngine (loads weights: can take
         seconds). Raises CheckpointError / DependencyError / InputError with
@@ -120,7 +122,8 @@ class MedSAMLogic(ObservationMixin, ClickSessionMixin):
         from ..models.enginefactory import createEngine
 
         checks.requireModelArguments(name, device, checkpointPath)
-        self.setEngine(createEngine(name, device=device, checkpointPath=checkpointPath))
+        checks.requireInstance(recipe, str, "preprocessing recipe")
+        self.setEngine(createEngine(name, device=device, checkpointPath=checkpointPath, recipe=recipe))
         return self.engine
 
     def setEngine(self, engine):

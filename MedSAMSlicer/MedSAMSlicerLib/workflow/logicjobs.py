@@ -149,7 +149,8 @@ def _sliceExtent(axis: int, k: int, rowRange, colRange):
 
 
 class PropagationJob(_Job):
-    """Segment the prompt slice, then propagate the mask slice by slice through ``sliceRange``."""
+    """Segment the prompt slice, then propagate the mask through ``sliceRange``: with the engine's memory for
+    SAM 2-family engines (memorypropagation.py), else slice by slice from the previous mask's box."""
 
     def __init__(self, service, source, axis, promptSet, postprocess, settings=None, sliceRange=None, session=None):
         super().__init__(service, source, axis, promptSet, postprocess)
@@ -164,6 +165,7 @@ class PropagationJob(_Job):
         visited. Raises CancelledError when cancelled (nothing is shown or
         written), PromptError when the seed slice gives an empty mask.
         """
+        from .memorypropagation import propagateWithMemory, usesMemoryPropagation
         from .propagation import PropagationSettings, propagate
 
         started = time.perf_counter()
@@ -177,10 +179,15 @@ class PropagationJob(_Job):
         settings = self.settings if self.settings is not None else PropagationSettings()
         # Inside a 3D box, every propagated prompt stays within the box (MedSAM's 3D box protocol).
         inBox = self.promptSet.sliceRange is not None and self.promptSet.prompts.boxXyxy is not None
-        result = propagate(self.service, self.source, self.axis, self.promptSet.sliceIndex, seedImage, settings,
-                           sliceRange=self.sliceRange, progress=progress, cancel=cancel, seedScore=decoded.score,
-                           seedLowResLogits=decoded.lowResLogits,
-                           clipXyxy=self.promptSet.prompts.boxXyxy if inBox else None)
+        clipXyxy = self.promptSet.prompts.boxXyxy if inBox else None
+        if usesMemoryPropagation(self.service):  # SAM 2 family: the engine's memory carries the mask
+            result = propagateWithMemory(self.service, self.source, self.axis, self.promptSet.sliceIndex,
+                                         self.promptSet.prompts, settings, sliceRange=self.sliceRange,
+                                         progress=progress, cancel=cancel, clipXyxy=clipXyxy)
+        else:
+            result = propagate(self.service, self.source, self.axis, self.promptSet.sliceIndex, seedImage, settings,
+                               sliceRange=self.sliceRange, progress=progress, cancel=cancel, seedScore=decoded.score,
+                               seedLowResLogits=decoded.lowResLogits, clipXyxy=clipXyxy)
         if cancel is not None:
             cancel.raiseIfCancelled()
         origin = result

@@ -7,7 +7,8 @@ Two ways to compute it, chosen by the engine:
   an incremental update (engines/growcut3d.py), not a re-run.
 - **propagation** (SAM family, or GrowCut with native=False): MedSAM's 3D box
   protocol (the middle slice with the in-plane box, propagated within the
-  box's slices, workflow/propagation.py propagateBox3d); then every clicked
+  box's slices, workflow/propagation.py propagateBox3d; SAM 2-family engines
+  with their memory, memorypropagation.py); then every clicked
   slice is re-segmented with all of its clicks and re-propagated locally
   (``applyClicks``), never replacing an anchored slice.
 
@@ -27,6 +28,7 @@ from ..core.errors import InputError
 from ..core.progress import reportProgress
 from ..engines.base import VolumeClick
 from .constraints import AnnotationSession, sliceOf
+from .memorypropagation import correctWithMemory, propagateBox3dWithMemory, usesMemoryPropagation
 from .propagation import PropagationResult, PropagationSettings, asService, correctSlice, propagateBox3d
 
 
@@ -81,10 +83,12 @@ def applyClicks(service, source, axis: int, result: PropagationResult, session: 
         k = sliceOf(click, axis)
         if k0 <= k <= k1 and k not in order:
             order.append(k)
+    # SAM 2 family: each clicked slice becomes a conditioning slice of the model's memory
+    correct = correctWithMemory if usesMemoryPropagation(service) else correctSlice
     for index, k in enumerate(order):
         prompts = session.promptsOnSlice(source, axis, k)
-        result = correctSlice(service, source, axis, result, k, prompts, settings, cancel=cancel,
-                              anchoredSlices=session.anchoredSlices(source, axis))
+        result = correct(service, source, axis, result, k, prompts, settings, cancel=cancel,
+                         anchoredSlices=session.anchoredSlices(source, axis))
         reportProgress(progress, (index + 1) / len(order), f"Corrected slice {k}")
     result.masks = session.enforceOnSlices(result.masks, source, axis)
     return result
@@ -168,8 +172,9 @@ class BoxRefinement:
         if result is None:
             middle = (self.sliceRange[0] + self.sliceRange[1]) // 2
             points = session.promptsOnSlice(self.source, self.axis, middle)
-            result = propagateBox3d(self.service, self.source, self.axis, self.boxXyxy, self.sliceRange, self.settings,
-                                    progress, cancel, pointsXy=points.pointsXy, pointLabels=points.pointLabels)
+            propagateBox = propagateBox3dWithMemory if usesMemoryPropagation(self.service) else propagateBox3d
+            result = propagateBox(self.service, self.source, self.axis, self.boxXyxy, self.sliceRange, self.settings,
+                                  progress, cancel, pointsXy=points.pointsXy, pointLabels=points.pointLabels)
             new = [click for click in clicks if sliceOf(click, self.axis) != middle]
         result = applyClicks(self.service, self.source, self.axis, result, session, new, self.settings, cancel=cancel)
         self._propagation, self._applied = result, clicks
