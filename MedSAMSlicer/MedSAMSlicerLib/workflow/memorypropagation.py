@@ -36,8 +36,8 @@ from ..core.progress import reportProgress
 from ..engines.base import Prompts
 from ..engines.sam2memory import hasMemoryPropagation
 from .propagation import (STOP_ANCHORED, STOP_MAX_SLICES, STOP_RANGE_END, STOP_UNCHANGED, STOP_VANISHED,
-                          PropagationResult,
-                          PropagationSettings, _checkedRange, _stopReason, _Walker, asService, enlargedBox, maskIou)
+                          PropagationResult, PropagationSettings, SliceWalker, asService, checkedRange, enlargedBox,
+                          maskIou, stopReason)
 
 #: Stop reason of a re-propagation that reached another conditioning slice (whose mask is kept).
 STOP_CONDITIONING_SLICE = "conditioningSlice"
@@ -72,8 +72,8 @@ def clipMask(mask: np.ndarray, clipXyxy) -> np.ndarray:
     return clipped
 
 
-class _MemoryWalker(_Walker):
-    """Walks one direction with the engine's memory; embeddings fetched (and encoded ahead on a GPU) as _Walker does."""
+class _MemoryWalker(SliceWalker):
+    """Walks one direction with the engine's memory; embeddings fetched (and encoded ahead on a GPU) as SliceWalker does."""
 
     def __init__(self, service, source, axis, settings, result: MemoryPropagationResult, cancel=None):
         super().__init__(service, source, axis, settings, result, result.clipXyxy, cancel)
@@ -132,7 +132,7 @@ class _MemoryWalker(_Walker):
             embedding = self.embedding(k, direction, limit)
             decoded = self._timed(session.track, k, embedding, reverse=direction < 0)
             mask = clipMask(decoded.mask, result.clipXyxy)
-            reason = _stopReason(mask, decoded.score, previousMask, settings)
+            reason = stopReason(mask, decoded.score, previousMask, settings)
             if reason is not None:
                 session.forget(k)
                 return reason
@@ -165,7 +165,7 @@ def propagateWithMemory(service, source, axis: int, seedSliceIndex: int, prompts
     if not usesMemoryPropagation(service):
         raise InputError(f"{getattr(service.engine, 'displayName', 'This engine')} has no memory propagation; "
                          "use propagation.propagate.")
-    k0, k1 = _checkedRange(source, axis, sliceRange)
+    k0, k1 = checkedRange(source, axis, sliceRange)
     if not k0 <= seedSliceIndex <= k1:
         raise InputError(f"Seed slice {seedSliceIndex} lies outside the slice range {k0}..{k1}.")
     session = service.engine.startMemorySession(source.sliceCount(axis))
@@ -187,7 +187,7 @@ def propagateBox3dWithMemory(service, source, axis: int, boxXyxy, sliceRange,
     """The 3D box protocol with memory (as propagation.propagateBox3d): the box (and optional clicks) on the
     middle slice of [k0, k1], propagated within [k0, k1], every mask cut to the box. Raises PromptError for
     an empty middle-slice mask."""
-    k0, k1 = _checkedRange(source, axis, sliceRange)
+    k0, k1 = checkedRange(source, axis, sliceRange)
     prompts = Prompts(boxXyxy=tuple(boxXyxy), pointsXy=np.zeros((0, 2)) if pointsXy is None else pointsXy,
                       pointLabels=np.zeros(0) if pointLabels is None else pointLabels)
     return propagateWithMemory(service, source, axis, (k0 + k1) // 2, prompts, settings, (k0, k1), progress, cancel,
@@ -209,7 +209,7 @@ def correctWithMemory(service, source, axis: int, previousResult: PropagationRes
     """
     settings = settings or PropagationSettings()
     service = asService(service)
-    k0, k1 = previousResult.sliceRange or _checkedRange(source, axis, None)
+    k0, k1 = previousResult.sliceRange or checkedRange(source, axis, None)
     if not k0 <= sliceIndex <= k1:
         raise InputError(f"Slice {sliceIndex} lies outside the result's slice range {k0}..{k1}.")
     session = _sessionFor(service, source, axis, previousResult)

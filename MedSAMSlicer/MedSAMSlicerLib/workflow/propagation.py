@@ -179,7 +179,7 @@ def _decode(service, embedding, prompts):
     return decode(embedding, prompts)
 
 
-def _stopReason(mask, score, previous, settings: PropagationSettings) -> Optional[str]:
+def stopReason(mask, score, previous, settings: PropagationSettings) -> Optional[str]:
     """The first stop rule a new mask breaks, or None when it may be kept."""
     area, previousArea = int(mask.sum()), int(previous.sum())
     if area < settings.minAreaPixels:
@@ -211,7 +211,7 @@ def _slicesToward(k: int, direction: int, last: int, count: int) -> list:
     return list(range(k, last + direction, direction))[:count] if (last - k) * direction >= 0 else []
 
 
-class _Walker:
+class SliceWalker:
     """Walks one direction from a start mask, fetching embeddings ahead in batches."""
 
     def __init__(self, service, source, axis, settings, result, clipXyxy=None, cancel=None):
@@ -251,7 +251,7 @@ class _Walker:
         start = time.perf_counter()
         decoded = _decode(self.service, embedding, prompts)
         self.result.timings["decode"] += time.perf_counter() - start
-        return decoded, _stopReason(decoded.mask, decoded.score, previousMask, self.settings)
+        return decoded, stopReason(decoded.mask, decoded.score, previousMask, self.settings)
 
 
 def _priorFromMask(service, source, axis, k, mask):
@@ -262,7 +262,11 @@ def _priorFromMask(service, source, axis, k, mask):
     return hook(service.embedding(source, axis, k), mask)
 
 
-def _checkedRange(source, axis, sliceRange) -> Tuple[int, int]:
+def checkedRange(source, axis, sliceRange) -> Tuple[int, int]:
+    """(k0, k1), inclusive slice indices along ``axis``: ``sliceRange`` checked against the volume, or every slice.
+
+    Raises InputError when the range lies outside the volume.
+    """
     count = source.sliceCount(axis)
     if sliceRange is None:
         return 0, count - 1
@@ -273,7 +277,7 @@ def _checkedRange(source, axis, sliceRange) -> Tuple[int, int]:
     return k0, k1
 
 
-def _walk(walker: _Walker, seedIndex, seedMask, seedLogits, direction, last, progress=None, progressBase=0.0):
+def _walk(walker: SliceWalker, seedIndex, seedMask, seedLogits, direction, last, progress=None, progressBase=0.0):
     """Propagate from seedIndex toward `last` (inclusive); fills walker.result; returns the stop reason."""
     settings, result = walker.settings, walker.result
     previousMask, previousLogits = seedMask, seedLogits
@@ -315,7 +319,7 @@ def propagate(service, source, axis: int, seedSliceIndex: int, seedMaskImage, se
     """
     settings = settings or PropagationSettings()
     service = asService(service)
-    k0, k1 = _checkedRange(source, axis, sliceRange)
+    k0, k1 = checkedRange(source, axis, sliceRange)
     seedMask = np.asarray(seedMaskImage, dtype=bool)
     if seedMask.shape != tuple(source.imageShape(axis)):
         raise InputError(f"Seed mask shape {seedMask.shape} does not match the slice image {source.imageShape(axis)}.")
@@ -327,7 +331,7 @@ def propagate(service, source, axis: int, seedSliceIndex: int, seedMaskImage, se
     result.keep(seedSliceIndex, DecodeResult(seedMask, float(seedScore), seedLowResLogits), service)
     if seedLowResLogits is None and settings.useLowResMask:
         seedLowResLogits = _priorFromMask(service, source, axis, seedSliceIndex, seedMask)
-    walker = _Walker(service, source, axis, settings, result, clipXyxy, cancel)
+    walker = SliceWalker(service, source, axis, settings, result, clipXyxy, cancel)
     result.stopReasons["up"] = _walk(walker, seedSliceIndex, seedMask, seedLowResLogits, +1, k1, progress, 0.0)
     result.stopReasons["down"] = _walk(walker, seedSliceIndex, seedMask, seedLowResLogits, -1, k0, progress, 0.5)
     reportProgress(progress, 1.0, f"Propagated to {len(result.masks)} slices")
@@ -346,7 +350,7 @@ def propagateBox3d(service, source, axis: int, boxXyxy, sliceRange, settings: Op
     """
     settings = settings or PropagationSettings()
     service = asService(service)
-    k0, k1 = _checkedRange(source, axis, sliceRange)
+    k0, k1 = checkedRange(source, axis, sliceRange)
     middle = (k0 + k1) // 2
     embedding = service.embedding(source, axis, middle)
     prompts = Prompts(boxXyxy=tuple(boxXyxy), pointsXy=np.zeros((0, 2)) if pointsXy is None else pointsXy,
@@ -453,7 +457,7 @@ def correctSlice(service, source, axis: int, previousResult: PropagationResult, 
     """
     settings = settings or PropagationSettings()
     service = asService(service)
-    k0, k1 = previousResult.sliceRange or _checkedRange(source, axis, None)
+    k0, k1 = previousResult.sliceRange or checkedRange(source, axis, None)
     if not k0 <= sliceIndex <= k1:
         raise InputError(f"Slice {sliceIndex} lies outside the result's slice range {k0}..{k1}.")
     result = PropagationResult(axis=axis, masks=dict(previousResult.masks), scores=dict(previousResult.scores),
@@ -475,7 +479,7 @@ def correctSlice(service, source, axis: int, previousResult: PropagationResult, 
     decoded = _decode(service, embedding, prompts)
     result.timings["decode"] += time.perf_counter() - start
     result.keep(sliceIndex, decoded, service)
-    walker = _Walker(service, source, axis, settings, result, result.clipXyxy, cancel)
+    walker = SliceWalker(service, source, axis, settings, result, result.clipXyxy, cancel)
     anchors = {int(k) for k in anchoredSlices} - {int(sliceIndex)}
     for name, direction, last in (("up", +1, k1), ("down", -1, k0)):
         result.stopReasons[name] = _rewalk(walker, previousResult, sliceIndex, decoded, direction, last, anchors)
@@ -483,7 +487,7 @@ def correctSlice(service, source, axis: int, previousResult: PropagationResult, 
     return result
 
 
-def _rewalk(walker: _Walker, previousResult, sliceIndex, decoded, direction, last, anchors=frozenset()) -> str:
+def _rewalk(walker: SliceWalker, previousResult, sliceIndex, decoded, direction, last, anchors=frozenset()) -> str:
     """Re-propagate from a corrected slice until the new masks match the old ones or an anchored slice is next."""
     settings, result = walker.settings, walker.result
     previousMask, previousLogits = decoded.mask, decoded.lowResLogits
