@@ -69,14 +69,20 @@ def test_nifti_header_with_unusable_geometry_is_refused(scene, tmp_path, field, 
         imageio.readImage(str(tmp_path / "bad.nii"), scene)
 
 
-def writeDicomSeries(folder, count=6, gapMm=2.5):
-    """A CT series of ``count`` 16x16 slices, ``gapMm`` apart, written by GDCM; returns the file names in order."""
+def writeDicomSeries(folder, count=6, gapMm=2.5, positions=None, pixels=None):
+    """A CT series of ``count`` 16x16 slices, ``gapMm`` apart, written by GDCM; returns the file names in order.
+
+    positions: each slice's Image Position (Patient) (mm, LPS) instead of (0, 0, index * gapMm);
+    pixels: each slice's int16 pixels (rows, columns) instead of a constant.
+    """
     os.makedirs(folder, exist_ok=True)
     names = []
     for index in range(count):
-        image = sitk.GetImageFromArray(np.full((16, 16), index * 10, np.int16))
+        image = sitk.GetImageFromArray(np.full((16, 16), index * 10, np.int16) if pixels is None else pixels[index])
+        position = (0.0, 0.0, index * gapMm) if positions is None else positions[index]
         for tag, value in {"0020|000e": UID, "0020|0013": str(index + 1), "0008|0060": "CT",
-                           "0020|0032": f"0\\0\\{index * gapMm}", "0020|0037": "1\\0\\0\\0\\1\\0"}.items():
+                           "0020|0032": "\\".join(f"{v:.4f}" for v in position),
+                           "0020|0037": "1\\0\\0\\0\\1\\0"}.items():
             image.SetMetaData(tag, value)
         writer = sitk.ImageFileWriter()
         writer.KeepOriginalImageUIDOn()
@@ -110,6 +116,63 @@ def test_dicom_series_with_an_unreadable_file_is_refused_naming_it(scene, tmp_pa
     path.write_bytes(data[:keep])
     with pytest.raises(InputError, match=rf"1 DICOM file\(s\) could not be read as part of its series: {names[3]}"):
         imageio.readImage(str(tmp_path / "series"), scene)
+
+
+def tiltedCylinderSeries(folder, tiltDegrees=20.0, count=8, gapMm=2.5):
+    """A series acquired with gantry tilt: each slice ``gapMm`` further along z and shifted along y by gapMm * tan(tilt).
+
+    It shows a cylinder standing upright in the patient (axis along z at LPS x = 10, y = 16 mm, radius 3 mm):
+    its pixels move from slice to slice by the shift, so that the cylinder stays at the same physical place.
+    """
+    shift = gapMm * np.tan(np.radians(tiltDegrees))
+    positions = [(0.0, index * shift, index * gapMm) for index in range(count)]
+    rows, columns = np.mgrid[:32, :32]
+    pixels = [np.where((columns - 10.0) ** 2 + (rows + y - 16.0) ** 2 <= 9.0, 1000, 0).astype(np.int16)
+              for _, y, _ in positions]
+    return writeDicomSeries(folder, count, positions=positions, pixels=pixels)
+
+
+def test_a_series_with_gantry_tilt_is_resampled_so_every_slice_is_where_the_scanner_put_it(scene, tmp_path):
+    """ITK alone places slice k at k * 2.66 mm along the normal: the cylinder would lean by the tilt (0.91 mm a slice)."""
+    import slicer
+
+    tiltedCylinderSeries(tmp_path / "tilted")
+    warnings = []
+    node = imageio.readImage(str(tmp_path / "tilted"), scene, warn=warnings.append)
+    assert len(warnings) == 1 and "gantry tilt of 20.0 degrees" in warnings[0] and "resampled" in warnings[0]
+    assert node.GetSpacing() == pytest.approx((1.0, 1.0, 2.5))
+    ijkToRas = vtkMatrixArray(node)
+    assert np.allclose(ijkToRas[:3, :3] @ ijkToRas[:3, :3].T, np.diag(np.array(node.GetSpacing()) ** 2))  # rectilinear
+    voxels = slicer.util.arrayFromVolume(node)
+    centres = []
+    for k in range(voxels.shape[0]):
+        weights = voxels[k].astype(float)
+        if weights.sum() < 20 * 1000:  # the first and last planes hold the cylinder only where the tilted slab covers them
+            continue
+        j, i = np.mgrid[: weights.shape[0], : weights.shape[1]]
+        ras = ijkToRas @ np.array([(i * weights).sum() / weights.sum(), (j * weights).sum() / weights.sum(), k, 1.0])
+        centres.append(ras[:3])
+    centres = np.array(centres)
+    assert len(centres) >= 6
+    # Upright in the patient: every plane's cross-section centre is at RAS (-10, -16) (LPS x 10, y 16), within 0.3 mm.
+    assert np.abs(centres[:, 0] + 10.0).max() < 0.3 and np.abs(centres[:, 1] + 16.0).max() < 0.3
+    assert np.ptp(centres[:, 2]) >= 5 * 2.5
+
+
+def test_a_series_whose_slices_are_not_on_one_line_is_refused(scene, tmp_path):
+    positions = [(0.0, 0.0, 0.0), (0.0, 0.9, 2.5), (0.0, 1.8, 5.0), (0.0, 4.0, 7.5), (0.0, 3.6, 10.0)]
+    writeDicomSeries(tmp_path / "bent", len(positions), positions=positions)
+    with pytest.raises(InputError, match=r"bent: the slices of the DICOM series do not lie on one line"):
+        imageio.readImage(str(tmp_path / "bent"), scene)
+
+
+def vtkMatrixArray(node) -> np.ndarray:
+    """The node's IJK-to-RAS matrix as a 4x4 numpy array."""
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
 def test_dicom_folder_error_through_segment(runCli, tmp_path):

@@ -3,8 +3,7 @@
 ITK reads some damaged files without a word (measured with SimpleITK 2.4 / ITK
 5.4, Testing/test_fileintegrity.py): a NIfTI file shorter than its header says
 is read with the missing voxels as zeros; a zero or NaN voxel size in a NIfTI
-header becomes 1 mm; a DICOM series with a missing or unreadable file is read
-without it, its slice spacing averaged over the gap. NIfTI's orientation is a
+header becomes 1 mm (DICOM series: imaging/dicomseries.py). NIfTI's orientation is a
 rotation, so a skewed (non-orthogonal) direction matrix written to it comes
 back changed. The checks here find each case and name the file and the problem.
 numpy and SimpleITK only; no `slicer`.
@@ -24,9 +23,6 @@ from ..core.errors import InputError
 NIFTI_EXTENSIONS = (".nii", ".nii.gz", ".hdr")
 #: NIfTI datatype codes of float voxels (FLOAT32, FLOAT64) and their numpy types.
 NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
-DICOM_MAGIC_OFFSET = 128
-#: Slice gaps of a DICOM series may differ by this fraction of the median gap (scanner rounding), plus 0.01 mm.
-SLICE_GAP_TOLERANCE = 0.01
 #: Largest movement of a voxel corner (fraction of the smallest voxel size) a write may cause before it is refused.
 CORNER_TOLERANCE_VOXELS = 0.01
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -269,46 +265,3 @@ def verifyWrittenImage(writtenPath, path, ijkToRas=None, shapeIjk=None, voxels=N
         written = sitk.GetArrayFromImage(image).reshape(voxels.shape)
         if not np.array_equal(written, voxels, equal_nan=voxels.dtype.kind in "fc"):
             raise writeFailure(path, "the voxels read back differ from those written")
-
-
-# ---------------------------------------------------------------- DICOM
-
-
-def checkDicomSeries(folder, seriesFiles: Sequence[str], positionsAlongNormal: Optional[Sequence[float]]) -> None:
-    """InputError when a DICOM series folder has files that could not be read into the series, or uneven slices.
-
-    seriesFiles: the files ITK's series reader uses, in slice order.
-    positionsAlongNormal: each file's Image Position (Patient) projected on the
-    slice normal (mm), or None when the files do not say (no check then).
-    """
-    used = {os.path.abspath(f) for f in seriesFiles}
-    unreadable = [name for name in sorted(os.listdir(folder))
-                  if os.path.abspath(os.path.join(folder, name)) not in used and _looksLikeDicom(os.path.join(folder, name))]
-    if unreadable:
-        shown = ", ".join(unreadable[:3]) + (f" and {len(unreadable) - 3} more" if len(unreadable) > 3 else "")
-        raise InputError(f"{folder}: {len(unreadable)} DICOM file(s) could not be read as part of its series: {shown} "
-                         "(truncated or corrupt?). Read without them the volume would have a gap. Copy the series "
-                         "again, or move files that do not belong to it out of the folder.")
-    if positionsAlongNormal is None or len(seriesFiles) < 3:
-        return
-    gaps = np.diff(np.asarray(positionsAlongNormal, float))
-    typical = float(np.median(np.abs(gaps)))
-    worst = int(np.argmax(np.abs(np.abs(gaps) - typical)))
-    if typical <= 0 or abs(abs(gaps[worst]) - typical) > SLICE_GAP_TOLERANCE * typical + 0.01:
-        first, second = (os.path.basename(seriesFiles[worst + n]) for n in (0, 1))
-        raise InputError(f"{folder}: the slices are unevenly spaced: {abs(gaps[worst]):.3g} mm between {first} and "
-                         f"{second}, {typical:.3g} mm between the others (a missing or duplicated slice?). Read as one "
-                         "volume its geometry would be wrong: copy the complete series again, or resample it to even "
-                         "spacing first.")
-
-
-def _looksLikeDicom(path) -> bool:
-    """A regular file with the DICOM preamble marker ('DICM' at byte 128); DICOMDIR index files excepted."""
-    if os.path.basename(path).upper() == "DICOMDIR" or not os.path.isfile(path):
-        return False
-    try:
-        with open(path, "rb") as stream:
-            stream.seek(DICOM_MAGIC_OFFSET)
-            return stream.read(4) == b"DICM"
-    except OSError:
-        return False

@@ -18,7 +18,6 @@ the output format cannot hold is refused, never changed. Qt-free; imports
 `slicer` (slicer-core headless).
 """
 
-import contextlib
 import os
 import stat
 import sys
@@ -28,9 +27,11 @@ import numpy as np
 
 from ..core.atomicfiles import atomicOutput, checkOutputLocation, writeFailure  # noqa: F401 (atomicOutput: API)
 from ..core.errors import InputError
-from ..imaging.fileintegrity import (NIFTI_EXTENSIONS, checkDicomSeries, checkFormatHoldsGeometry,
+from ..core.nativeoutput import quietNativeStderr
+from ..imaging.fileintegrity import (NIFTI_EXTENSIONS, checkFormatHoldsGeometry,
                                      checkImageGeometry, checkNiftiFile, lowerExtension, restoreNonFiniteNifti,
                                      sitkIjkToRas, verifyWrittenImage)
+from ..imaging.dicomseries import readDicomSeries
 
 IMAGE_2D_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 SEGMENTATION_EXTENSIONS = (".seg.nrrd",)
@@ -42,30 +43,6 @@ WarnCallback = Callable[[str], None]
 def warnOnStderr(message: str) -> None:
     """Print ``message`` as one 'warning:' line on stderr (the default warning channel)."""
     print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def quietNativeStderr(enabled: bool = True):
-    """Silence stderr written by native libraries (ITK, HDF5, VTK) inside the block.
-
-    ITK's image probing and VTK's error window print to file descriptor 2
-    directly; a command line must show one clear line instead. Python-level
-    writes to sys.stderr are flushed before and are not affected afterwards.
-    """
-    if not enabled:
-        yield
-        return
-    sys.stderr.flush()
-    savedFd = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            try:
-                yield
-            finally:
-                os.dup2(savedFd, 2)
-    finally:
-        os.close(savedFd)
 
 
 # ---------------------------------------------------------------- reading
@@ -87,7 +64,9 @@ def readImage(path, scene, volumeIndex: Optional[int] = None, warn: Optional[War
     shorter than its header says, a voxel size that is zero or not a number, a
     non-finite or degenerate direction, a 4D image without volumeIndex, more
     than 4 components, or a folder with no or several DICOM series, an
-    unreadable file in its series or unevenly spaced slices.
+    unreadable file in its series, unevenly spaced slices or slices not on one
+    line. A DICOM series acquired with gantry tilt is resampled onto a regular
+    grid, and ``warn`` says so.
     """
     warn = warn or warnOnStderr
     path = os.path.abspath(os.fspath(path))
@@ -95,7 +74,7 @@ def readImage(path, scene, volumeIndex: Optional[int] = None, warn: Optional[War
         raise InputError(f"{path} does not exist: check the path of the image.")
     mode = os.stat(path).st_mode
     if stat.S_ISDIR(mode):
-        node = _readDicomFolder(path, scene)
+        node = _nodeFromSitkImage(readDicomSeries(path, warn), scene, os.path.basename(path.rstrip(os.sep)) or "dicom")
     elif stat.S_ISREG(mode):
         node = _readImageFile(path, scene, volumeIndex)
     else:  # a FIFO would block the reader forever; a device or socket is no image either
@@ -223,52 +202,6 @@ def _extractComponent(path, components, volumeIndex):
     if not 0 <= volumeIndex < components:
         raise InputError(f"--volume-index {volumeIndex} is out of range: the image has {components} components (0 to {components - 1}).")
     return sitk.VectorIndexSelectionCast(_readSitkChecked(path), volumeIndex)
-
-
-def _readDicomFolder(folder, scene):
-    """Read the single DICOM series in ``folder``; InputError for none or several."""
-    import SimpleITK as sitk
-
-    with quietNativeStderr():
-        seriesIds = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
-    if not seriesIds:
-        raise InputError(f"{folder} is a folder without a DICOM series: give an image file or a folder holding one DICOM series.")
-    if len(seriesIds) > 1:
-        listing = "; ".join(
-            f"{uid} ({len(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid))} files)" for uid in seriesIds
-        )
-        raise InputError(
-            f"{folder} holds {len(seriesIds)} DICOM series: {listing}. Copy the one you want into its own folder and give that folder."
-        )
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, seriesIds[0])
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    reader.MetaDataDictionaryArrayUpdateOn()
-    try:
-        with quietNativeStderr():
-            image = reader.Execute()
-    except RuntimeError:
-        raise InputError(f"the DICOM series in {folder} could not be read (incomplete or corrupt files?): check the folder.") from None
-    checkDicomSeries(folder, files, _slicePositions(reader, len(files)))
-    return _nodeFromSitkImage(image, scene, os.path.basename(folder.rstrip(os.sep)) or "dicom")
-
-
-def _slicePositions(reader, count):
-    """Each file's Image Position (Patient) along the slice normal (mm), or None when a file does not say."""
-    def values(index, tag):
-        if not reader.HasMetaDataKey(index, tag):
-            return None
-        try:
-            return np.array([float(v) for v in reader.GetMetaData(index, tag).split("\\")])
-        except ValueError:
-            return None
-
-    orientation = values(0, "0020|0037")
-    positions = [values(index, "0020|0032") for index in range(count)]
-    if orientation is None or len(orientation) != 6 or any(p is None or len(p) != 3 for p in positions):
-        return None
-    normal = np.cross(orientation[:3], orientation[3:])
-    return [float(p @ normal) for p in positions]
 
 
 def _nodeName(path):
