@@ -69,6 +69,25 @@ def test_nifti_header_with_unusable_geometry_is_refused(scene, tmp_path, field, 
         imageio.readImage(str(tmp_path / "bad.nii"), scene)
 
 
+@pytest.mark.parametrize("extension", [".mha", ".mhd"])
+@pytest.mark.parametrize("line, bad, words", [
+    (b"Offset = 0 0 0", b"Offset = nan 0 0", "origin"),
+    (b"ElementSpacing = 0.5 ", b"ElementSpacing = inf ", "voxel size"),
+    (b"TransformMatrix = 1 0 0", b"TransformMatrix = nan 0 0", "orientation"),
+])
+def test_metaimage_header_with_unusable_geometry_is_refused(scene, tmp_path, extension, line, bad, words):
+    """ITK reads 'Offset = nan 0 0' as origin 0 without a word: every output would land in the wrong place."""
+    image = sitk.GetImageFromArray(np.ones((4, 5, 6), np.int16))
+    image.SetSpacing((0.5, 0.7, 2.0))
+    sitk.WriteImage(image, str(tmp_path / f"good{extension}"))
+    assert imageio.readImage(str(tmp_path / f"good{extension}"), scene).GetSpacing() == pytest.approx((0.5, 0.7, 2.0))
+    header = (tmp_path / f"good{extension}").read_bytes()
+    assert line in header
+    (tmp_path / f"bad{extension}").write_bytes(header.replace(line, bad))
+    with pytest.raises(InputError, match=f"bad{extension}: its header gives the {words}"):
+        imageio.readImage(str(tmp_path / f"bad{extension}"), scene)
+
+
 def writeDicomSeries(folder, count=6, gapMm=2.5, positions=None, pixels=None):
     """A CT series of ``count`` 16x16 slices, ``gapMm`` apart, written by GDCM; returns the file names in order.
 

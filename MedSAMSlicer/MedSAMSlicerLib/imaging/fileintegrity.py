@@ -21,6 +21,13 @@ from ..core.atomicfiles import lowerExtension, writeFailure
 from ..core.errors import InputError
 
 NIFTI_EXTENSIONS = (".nii", ".nii.gz", ".hdr")
+METAIMAGE_EXTENSIONS = (".mha", ".mhd")
+#: MetaImage header keys holding geometry, and what each is to a user.
+METAIMAGE_GEOMETRY_KEYS = {"offset": "origin", "origin": "origin", "position": "origin", "elementspacing": "voxel size",
+                           "elementsize": "voxel size", "transformmatrix": "orientation", "rotation": "orientation",
+                           "orientation": "orientation"}
+#: A MetaImage header is read up to ElementDataFile, and never beyond this many bytes.
+METAIMAGE_HEADER_LIMIT = 65536
 #: NIfTI datatype codes of float voxels (FLOAT32, FLOAT64) and their numpy types.
 NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
 #: Largest movement of a voxel corner (fraction of the smallest voxel size) a write may cause before it is refused.
@@ -161,6 +168,29 @@ def payloadLength(path, needed: int):
 
 
 # ---------------------------------------------------------------- geometry
+
+
+def checkMetaImageHeader(path) -> None:
+    """InputError when a MetaImage (.mha/.mhd) header gives its origin, voxel size or orientation as NaN, infinity or text.
+
+    ITK's MetaImage reader reads ``Offset = nan 0 0`` as origin 0 without a
+    word (SimpleITK 2.4), which would put every output in the wrong place.
+    """
+    with open(path, "rb") as stream:
+        header = stream.read(METAIMAGE_HEADER_LIMIT).split(b"ElementDataFile", 1)[0]
+    for line in header.decode("latin-1").splitlines():
+        key, equals, value = line.partition("=")
+        meaning = METAIMAGE_GEOMETRY_KEYS.get(key.strip().lower())
+        if not equals or meaning is None:
+            continue
+        try:
+            numbers = [float(v) for v in value.split()]
+        except ValueError:
+            numbers = [float("nan")]
+        if not numbers or not np.all(np.isfinite(numbers)):
+            raise InputError(f"{os.path.basename(path)}: its header gives the {meaning} as '{key.strip()} ={value}', "
+                             "which is not a list of numbers; ITK would read it as something else without a word. "
+                             "Correct the header, or export the image again.")
 
 
 def checkImageGeometry(spacing: Sequence[float], origin: Sequence[float], direction: np.ndarray, name: str) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 from ..core.atomicfiles import atomicOutput, checkOutputLocation, writeFailure  # noqa: F401 (atomicOutput: API)
 from ..core.errors import InputError
 from ..core.nativeoutput import quietNativeStderr
-from ..imaging.fileintegrity import (NIFTI_EXTENSIONS, checkFormatHoldsGeometry,
+from ..imaging.fileintegrity import (METAIMAGE_EXTENSIONS, NIFTI_EXTENSIONS, checkMetaImageHeader, checkFormatHoldsGeometry,
                                      checkImageGeometry, checkNiftiFile, lowerExtension, restoreNonFiniteNifti,
                                      sitkIjkToRas, verifyWrittenImage)
 from ..imaging.dicomseries import readDicomSeries
@@ -91,6 +91,8 @@ def _readImageFile(path, scene, volumeIndex):
             if volumeIndex not in (None, 0):
                 raise InputError(f"--volume-index {volumeIndex} given, but {os.path.basename(path)} is a 2D image: leave it out.")
             return _nodeFromSitkImage(image, scene, _nodeName(path))
+    if lowerExtension(path) in METAIMAGE_EXTENSIONS:
+        checkMetaImageHeader(path)
     info = _readHeader(path)
     dimension, components = info.GetDimension(), info.GetNumberOfComponents()
     size = info.GetSize()
