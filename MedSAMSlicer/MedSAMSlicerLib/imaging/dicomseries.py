@@ -107,8 +107,8 @@ def _resampleTiltedSeries(image, firstPosition, step, warn):
     sheared.SetSpacing((sx, sy, length))
     sheared.SetOrigin(tuple(float(v) for v in firstPosition))
     size = np.array(image.GetSize())
-    corners = np.array([sheared.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner])
-                        for corner in np.ndindex(2, 2, 2) for corner in [np.array(corner) * (size - 1)]])
+    corners = np.array([sheared.TransformContinuousIndexToPhysicalPoint([float(c) for c in np.array(bits) * (size - 1)])
+                        for bits in np.ndindex(2, 2, 2)])
     inFrame = (corners - np.asarray(firstPosition)) @ frame
     spacing = np.array([sx, sy, abs(float(step @ frame[:, 2]))])
     low, high = inFrame.min(axis=0), inFrame.max(axis=0)
