@@ -27,6 +27,8 @@ through the engine.
 
 from typing import Dict, Optional
 
+import numpy as np
+
 from .base import DecodeResult, Prompts, SliceEmbedding
 from ..core.errors import InputError
 
@@ -73,6 +75,36 @@ class Sam2MemorySession:
         self.outputs["cond_frame_outputs"][k] = compact
         self.conditioning[k] = Prompts(boxXyxy=prompts.boxXyxy, pointsXy=prompts.pointsXy,
                                        pointLabels=prompts.pointLabels)
+        self.tracked[k] = reverse
+        return result
+
+    def conditionMask(self, k: int, embedding: SliceEmbedding, maskImage) -> DecodeResult:
+        """Make slice k a conditioning slice from a mask (bool (H, W) slice image); returns its result.
+
+        As the video predictor's add_new_mask: the mask is resized to the model's
+        input size (bilinear, antialiased, >= 0.5) and taken as the slice's output
+        (SAM2Base._use_mask_as_output: no decoder, predicted IoU 1); its memory is
+        encoded from the low-resolution output, binarised, as
+        propagate_in_video_preflight encodes a prompted frame. Raises InputError
+        for a mask that does not fit the slice.
+        """
+        import torch.nn.functional as F
+
+        torch = self.engine._torch
+        mask = np.asarray(maskImage, dtype=bool)
+        if mask.shape != tuple(embedding.imageSize):
+            raise InputError(f"The mask of slice {k} has shape {mask.shape}; the slice is {tuple(embedding.imageSize)}.")
+        size = int(self.engine.model.image_size)
+        maskInputs = torch.as_tensor(mask, device=self.engine.device).float()[None, None]
+        if maskInputs.shape[-2:] != (size, size):
+            maskInputs = F.interpolate(maskInputs, size=(size, size), mode="bilinear", align_corners=False,
+                                       antialias=True)
+            maskInputs = (maskInputs >= 0.5).float()
+        reverse = self.tracked.get(k, False)
+        result, compact = self._step(k, embedding, None, k not in self.tracked, reverse, None, maskInputs)
+        self.outputs["non_cond_frame_outputs"].pop(k, None)
+        self.outputs["cond_frame_outputs"][k] = compact
+        self.conditioning[k] = Prompts()  # no box or clicks: a mask (its logits are in lowResLogits)
         self.tracked[k] = reverse
         return result
 
@@ -133,8 +165,14 @@ class Sam2MemorySession:
 
     # ------------------------------------------------------------------ internals
 
-    def _step(self, k, embedding, pointInputs, isInitial, reverse, maskInput):
-        """One SAM 2 track step on slice k (memory attention, decoder, memory encoder); (DecodeResult, compact output)."""
+    def _step(self, k, embedding, pointInputs, isInitial, reverse, maskInput, maskInputs=None):
+        """One SAM 2 track step on slice k (memory attention, decoder, memory encoder); (DecodeResult, compact output).
+
+        maskInput: earlier logits for the decoder (a correction); maskInputs: a
+        (1, 1, S, S) mask taken as the output (a mask-conditioned slice).
+        """
+        import torch.nn.functional as F
+
         engine, torch = self.engine, self.engine._torch
         if not 0 <= k < self.sliceCount:
             raise InputError(f"Slice {k} is outside the volume (0..{self.sliceCount - 1}).")
@@ -148,10 +186,17 @@ class Sam2MemorySession:
             levels[-1]).flatten(2).permute(2, 0, 1))
         with torch.no_grad(), engine.autocast():
             current, samOutputs, _, _ = model._track_step(
-                k, isInitial, vision, [None, None, position], sizes, pointInputs, None, self.outputs,
+                k, isInitial, vision, [None, None, position], sizes, pointInputs, maskInputs, self.outputs,
                 self.sliceCount, reverse, maskInput)
             _, _, ious, lowRes, highRes, objectPointer, objectScore = samOutputs
-            model._encode_memory_in_output(vision, sizes, pointInputs, True, highRes, objectScore, current)
+            if maskInputs is not None:
+                # The video predictor encodes a mask frame's memory from its low-res output, upsampled
+                # (propagate_in_video_preflight), not from the +-10 mask _use_mask_as_output returns.
+                highRes = F.interpolate(lowRes.float(), size=highRes.shape[-2:], mode="bilinear", align_corners=False)
+            # is_mask_from_pts: a prompted slice's memory is binarised (binarize_mask_from_pts_for_mem_enc).
+            fromPrompts = pointInputs is not None or maskInputs is not None
+            current["maskmem_features"], current["maskmem_pos_enc"] = model._encode_new_memory(
+                vision, sizes, highRes, objectScore, fromPrompts)
         self.steps += 1
         if self._maskmemPos is None:
             self._maskmemPos = current["maskmem_pos_enc"]

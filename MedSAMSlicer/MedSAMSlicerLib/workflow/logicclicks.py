@@ -4,12 +4,14 @@ A mixin of MedSAMLogic (logic.py), kept apart so each file holds one concern.
 The point markups are the clicks: before every propagation or correction the
 session is synchronised with them (new points appended in order, deleted or
 moved ones dropped), so every click (any slice, any view) is used by every
-later re-propagation. A 3D box with an engine that segments natively in 3D
+later re-propagation. Accepted slices are also the keys of a fill between
+them (keyslicefill.py). A 3D box with an engine that segments natively in 3D
 (the weight-free GrowCut) is segmented that way (refinement.BoxRefinement),
 and the next click updates that result incrementally. No Qt.
 """
 
 from ..core.errors import InputError, MedSAMError
+from . import logicchecks as checks
 from .constraints import AnnotationSession, sliceOf
 from .logicjobs import CorrectionJob, VolumeJob
 from .refinement import BoxRefinement
@@ -39,6 +41,26 @@ class ClickSessionMixin:
             raise InputError(f"Slices {indices} are not all inside the volume (0..{count - 1}) along {'IJK'[self.axis]}.")
         self.session.accept(self.axis, indices)
         return sorted(self.session.acceptedSlices(self.axis))
+
+    def prepareFill(self, settings=None):
+        """Main-thread snapshot for filling the preview between the accepted slices: returns a FillJob (run it
+        anywhere, then showResult). See keyslicefill.prepareFill. Raises InputError with fewer than two
+        accepted slices along the current axis or one that shows no mask."""
+        from .keyslicefill import prepareFill
+        from .propagation import PropagationSettings
+
+        checks.requireInstance(settings, PropagationSettings, "propagation settings")
+        return prepareFill(self, settings)
+
+    def fillBetweenKeySlices(self, settings=None, cancel=None):
+        """Fill the slices between the accepted slices (acceptSlices) along the current axis, each keeping the
+        mask it shows (the preview's, else the segment's), through the engine's memory for SAM 2-family
+        models; shows the result as the preview (the segment is untouched until apply). Synchronous
+        prepareFill + run + showResult; returns the PropagationResult. ``cancel``: a CancelToken."""
+        checks.requireCancelToken(cancel)
+        result = self.prepareFill(settings).run(self.progress.emit, cancel)
+        self.showResult(result)
+        return result.propagation
 
     def _syncedSession(self):
         """(a snapshot of the session synchronised with the point markups, added clicks, removed clicks)."""

@@ -194,7 +194,7 @@ class PropagationJob(_Job):
         if self.session is not None and self.session.clicks:
             others = [c for c in self.session.clicks if sliceOf(c, self.axis) != self.promptSet.sliceIndex]
             result = applyClicks(self.service, self.source, self.axis, result, self.session, others, settings, cancel=cancel)
-        maskKji = _volumeMask(result, self.source, self.axis, self.postprocess, self.session)
+        maskKji = resultVolumeMask(result, self.source, self.axis, self.postprocess, self.session)
         timings["encode"] = self.service.timings["encode"] - encodeBefore
         timings["decode"] = self.service.timings["decode"] - decodeBefore
         timings["total"] = time.perf_counter() - started
@@ -204,7 +204,7 @@ class PropagationJob(_Job):
                                   origin=origin, session=self.session)
 
 
-def _volumeMask(result, source, axis, postprocess, session):
+def resultVolumeMask(result, source, axis, postprocess, session):
     """A PropagationResult as a cleaned-up KJI mask; the session's clicks enforced last (they outrank clean-up)."""
     maskKji = _cleanUp(np.asarray(result.toVolumeMask(source, axis), dtype=bool), postprocess, axis)
     return session.enforce(maskKji) if session is not None else maskKji
@@ -234,7 +234,7 @@ class CorrectionJob(_Job):
         clicks = self.session.clicks if self.restart else self.newClicks
         result = applyClicks(self.service, self.source, self.axis, start, self.session, clicks, self.settings,
                              progress=progress, cancel=cancel)
-        maskKji = _volumeMask(result, self.source, self.axis, self.postprocess, self.session)
+        maskKji = resultVolumeMask(result, self.source, self.axis, self.postprocess, self.session)
         timings = dict(result.timings)
         timings["total"] = time.perf_counter() - started
         return SegmentationResult("volume", self.axis, sorted(int(k) for k in result.masks), maskKji,

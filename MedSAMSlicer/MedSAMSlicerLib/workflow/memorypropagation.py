@@ -35,7 +35,7 @@ from ..core.errors import InputError, PromptError
 from ..core.progress import reportProgress
 from ..engines.base import Prompts
 from ..engines.sam2memory import hasMemoryPropagation
-from .propagation import (STOP_ANCHORED, STOP_MAX_SLICES, STOP_RANGE_END, STOP_UNCHANGED, STOP_VANISHED,
+from .propagation import (STOP_ANCHORED, STOP_MAX_SLICES, STOP_NOT_RUN, STOP_RANGE_END, STOP_UNCHANGED, STOP_VANISHED,
                           PropagationResult, PropagationSettings, SliceWalker, asService, checkedRange, enlargedBox,
                           maskIou, stopReason)
 
@@ -87,6 +87,14 @@ class _MemoryWalker(SliceWalker):
         self._keep(k, decoded)
         return decoded
 
+    def conditionMask(self, k: int, mask: np.ndarray):
+        """Make slice k a conditioning slice from a given mask, kept as the slice's result (score 1)."""
+        embedding = self.embedding(k, +1, k)
+        decoded = self._timed(self.session.conditionMask, k, embedding, mask)
+        self.result.conditioning[k] = self.session.conditioning[k]
+        self._keep(k, decoded, np.asarray(mask, dtype=bool))
+        return decoded
+
     def _keep(self, k: int, decoded, mask=None) -> None:
         """Record slice k: its mask (cut to the 3D box), score, and logits (a later click refines from them)."""
         result = self.result
@@ -106,16 +114,19 @@ class _MemoryWalker(SliceWalker):
                 self.service.addTiming("decode", seconds)
 
     def walk(self, start: int, direction: int, last: int, progress=None, progressBase=0.0, previous=None,
-             anchors=frozenset()) -> str:
+             anchors=frozenset(), fresh=True) -> str:
         """Track from ``start`` towards ``last`` (inclusive); returns the stop reason.
 
         previous: the result a correction re-propagates (None for a first
         propagation): the walk then also stops where the new mask matches the
         old, and before any slice in ``anchors`` (slices the user clicked on or
-        accepted: never replaced).
+        accepted: never replaced). fresh: start from the conditioning slices'
+        memory alone (False: keep what the walk before tracked, as one
+        uninterrupted pass of the video predictor does).
         """
         settings, result, session = self.settings, self.result, self.session
-        session.startWalk()
+        if fresh:
+            session.startWalk()
         previousMask = result.masks[start]
         k, added = start + direction, 0
         total = max(abs(last - start), 1)
@@ -194,6 +205,80 @@ def propagateBox3dWithMemory(service, source, axis: int, boxXyxy, sliceRange,
                                clipXyxy=tuple(boxXyxy))
 
 
+def fillWithMemory(service, source, axis: int, keyMasks: Dict[int, object],
+                   settings: Optional[PropagationSettings] = None, progress=None,
+                   cancel=None) -> MemoryPropagationResult:
+    """Fill the slices between key slices with the engine's memory, every key slice a conditioning slice.
+
+    keyMasks: {slice index: bool (H, W) slice image mask, a boxXyxy, or
+    Prompts} (at least two). A mask is conditioned as sam2's video predictor's
+    add_new_mask does and kept as given; a box or Prompts as
+    add_new_points_or_box does (InputError if a key gives an empty mask).
+
+    Order, as SAM2VideoPredictor.propagate_in_video from the first key with
+    masks on every key: one forward pass from the first key to the last; each
+    slice between keys is tracked with memory attention over every key slice
+    (the one below and the one above) and the slices tracked just before it;
+    key slices keep their masks. Where a stop rule (PropagationSettings) fires
+    inside a gap (a, b), the pass resumes at b, and afterwards the rest of that
+    gap is tracked down from b (from the key slices' memory alone), so each
+    slice between keys gets one mask, from the forward pass where it reached.
+    Each slice is encoded at most once (through the service's cache).
+    stopReasons: the last gap's forward ("up") and downward ("down", "notRun"
+    when the forward pass filled it) walks. Raises InputError (fewer than two
+    keys, an engine without memory, a key outside the volume).
+    """
+    settings = settings or PropagationSettings()
+    service = asService(service)
+    if not usesMemoryPropagation(service):
+        raise InputError(f"{getattr(service.engine, 'displayName', 'This engine')} has no memory propagation; "
+                         "use propagation.fillBetweenKeySlices.")
+    if len(keyMasks) < 2:
+        raise InputError("Fill between key slices needs masks on at least two slices.")
+    keys = sorted(int(k) for k in keyMasks)
+    if keys[0] < 0 or keys[-1] >= source.sliceCount(axis):
+        raise InputError(f"Key slices {keys} are not all inside the volume (0..{source.sliceCount(axis) - 1}).")
+    session = service.engine.startMemorySession(source.sliceCount(axis))
+    result = MemoryPropagationResult(axis=axis, sliceRange=(keys[0], keys[-1]), session=session)
+    walker = _MemoryWalker(service, source, axis, settings, result, cancel)
+    for k in keys:
+        _conditionKey(walker, source, axis, k, keyMasks[k])
+    gaps = list(zip(keys[:-1], keys[1:]))
+    for index, (a, b) in enumerate(gaps):
+        # no fresh start between gaps: one uninterrupted forward pass, as the video predictor's
+        result.stopReasons = {"up": walker.walk(a, +1, b - 1, _gapProgress(progress, index, len(gaps)), 0.0,
+                                                fresh=index == 0), "down": STOP_NOT_RUN}
+        reportProgress(progress, (index + 0.5) / len(gaps), f"Filled slices {a}..{b} upwards")
+    for index, (a, b) in enumerate(gaps):
+        missing = [k for k in range(a + 1, b) if k not in result.masks]
+        if missing:
+            down = walker.walk(b, -1, missing[0], _gapProgress(progress, index, len(gaps)), 0.5)
+            if index == len(gaps) - 1:
+                result.stopReasons["down"] = down
+    reportProgress(progress, 1.0, f"Filled {len(result.masks) - len(keys)} slice(s) between {len(keys)} key slices")
+    return result
+
+
+def _conditionKey(walker: "_MemoryWalker", source, axis, k, key) -> None:
+    """Condition key slice k on a bool mask (kept as given), a boxXyxy or Prompts; InputError for an empty mask."""
+    if isinstance(key, Prompts) or (np.ndim(key) == 1 and np.size(key) == 4):
+        prompts = key if isinstance(key, Prompts) else Prompts(boxXyxy=tuple(float(v) for v in key))
+        walker.condition(k, prompts)
+    else:
+        mask = np.asarray(key, dtype=bool)
+        if mask.shape == tuple(source.imageShape(axis)) and mask.any():
+            walker.conditionMask(k, mask)
+    if k not in walker.result.masks or not walker.result.masks[k].any():
+        raise InputError(f"Key slice {k} has an empty or mis-sized mask: segment the object on that slice first.")
+
+
+def _gapProgress(progress, index: int, count: int):
+    """A progress callback mapping one gap's fraction into the whole fill's."""
+    if progress is None:
+        return None
+    return lambda fraction, text: reportProgress(progress, (index + fraction) / count, text)
+
+
 def correctWithMemory(service, source, axis: int, previousResult: PropagationResult, sliceIndex: int,
                       prompts: Prompts, settings: Optional[PropagationSettings] = None, progress=None,
                       cancel=None, anchoredSlices=()) -> MemoryPropagationResult:
@@ -220,7 +305,11 @@ def correctWithMemory(service, source, axis: int, previousResult: PropagationRes
     walker = _MemoryWalker(service, source, axis, settings, result, cancel)
     for k, earlier in sorted(getattr(previousResult, "conditioning", {}).items()):
         if k not in session.conditioning and k != sliceIndex:
-            walker.condition(k, earlier)  # a session made by another engine: condition its slices again
+            # a session made by another engine: condition its slices again (a key slice of a fill by its mask)
+            if earlier.isEmpty:
+                walker.conditionMask(k, previousResult.masks[k])
+            else:
+                walker.condition(k, earlier)
     walker.condition(sliceIndex, _correctionPrompts(session, source, axis, previousResult, sliceIndex, prompts,
                                                     settings))
     if not result.masks[sliceIndex].any():

@@ -1,0 +1,138 @@
+"""Fill between key slices: the slices between the ones the user accepted, segmented from both of them.
+
+``fillKeySlices`` chooses the path by engine: SAM 2-family engines (MedSAM2,
+SAM 2.1) go through their memory (memorypropagation.fillWithMemory: every key
+slice is a conditioning slice, each slice between is tracked with both keys in
+memory); every other engine propagates slice by slice from both ends
+(propagation.fillBetweenKeySlices).
+
+For the Logic (``MedSAMLogic.fillBetweenKeySlices``), the key slices are the
+accepted slices of the current segment along the current axis
+(``logic.acceptSlices``), and each key's mask is what the user sees there:
+the preview's mask on that slice when the preview shows one, else the
+segment's (an earlier apply). The fill becomes the new preview: the slices
+from the first key to the last are replaced, the preview's other slices are
+kept; nothing touches the segment until apply (undoable). ``prepareFill`` reads
+the MRML nodes (main thread); the FillJob it returns touches none.
+"""
+
+import time
+from typing import Dict, Optional
+
+import numpy as np
+
+from ..core.errors import InputError
+from ..core.progress import CancelToken, ProgressCallback, reportProgress
+from ..mrml.segmentwriter import maskBoundingExtent
+from .logicjobs import SegmentationResult, resultVolumeMask
+from .memorypropagation import fillWithMemory, usesMemoryPropagation
+from .propagation import PropagationSettings, asService, fillBetweenKeySlices
+
+
+def fillKeySlices(service, source, axis: int, keyMasks: Dict[int, object],
+                  settings: Optional[PropagationSettings] = None, progress=None, cancel=None):
+    """Fill the slices between key slices, with the engine's memory when it has one.
+
+    keyMasks: {slice index along ``axis``: bool (H, W) slice image mask, a
+    boxXyxy, or Prompts} (at least two). Returns a MemoryPropagationResult
+    (SAM 2 family: memorypropagation.fillWithMemory) or a PropagationResult
+    (propagation.fillBetweenKeySlices, merge by score). Raises InputError for
+    fewer than two keys or an empty key mask.
+    """
+    service = asService(service)
+    if usesMemoryPropagation(service):
+        return fillWithMemory(service, source, axis, keyMasks, settings, progress, cancel)
+    return fillBetweenKeySlices(service, source, axis, keyMasks, settings, progress, cancel)
+
+
+def keySliceMasks(source, axis: int, keys, previewResult=None, segmentMaskKji=None) -> Dict[int, np.ndarray]:
+    """{key slice: bool (H, W) slice image mask}: the preview's mask on that slice, else the segment's.
+
+    previewResult: the Logic's SegmentationResult (or None); its mask counts on
+    the slices it covers along ``axis`` when not empty there. segmentMaskKji:
+    the segment as bool (K, J, I), or None. Raises InputError for fewer than two
+    keys or a key with neither (the message names the slices).
+    """
+    keys = sorted(int(k) for k in keys)
+    if len(keys) < 2:
+        raise InputError(f"Fill needs at least two accepted slices along {'IJK'[axis]} (accepted: {keys or 'none'}): "
+                         "segment and accept a slice above and one below the slices to fill.")
+    covered = set(previewResult.sliceIndices) if previewResult is not None and previewResult.axis == axis else set()
+    masks, missing = {}, []
+    for k in keys:
+        selector = source.sliceSelector(axis, k)
+        native = previewResult.maskKji[selector] if k in covered else None
+        if native is None or not native.any():
+            native = segmentMaskKji[selector] if segmentMaskKji is not None else None
+        if native is None or not native.any():
+            missing.append(k)
+            continue
+        masks[k] = source.nativeMaskToImage(axis, native)
+    if missing:
+        raise InputError(f"Accepted slice(s) {missing} show no mask in the preview or the segment: segment them "
+                         "(and keep them in the preview or apply them) before filling between them.")
+    return masks
+
+
+class FillJob:
+    """Fill between key slices and merge the result into the preview; touches no MRML (worker-thread safe)."""
+
+    def __init__(self, service, source, axis: int, keyMasks, previous: Optional[SegmentationResult], session=None,
+                 postprocess=None, settings=None):
+        self.service, self.source, self.axis = service, source, int(axis)
+        self.keyMasks, self.previous, self.session = dict(keyMasks), previous, session
+        self.postprocess, self.settings = postprocess, settings
+        self.signature = source.signature  # the voxels the keys were read from
+
+    def run(self, progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> SegmentationResult:
+        """Returns a "volume" SegmentationResult: the fill from the first key to the last, the previous preview's
+        other slices (same axis) kept; clean-up, then the session's clicks enforced. Raises CancelledError."""
+        started = time.perf_counter()
+        encodeBefore, decodeBefore = self.service.timings["encode"], self.service.timings["decode"]
+        reportProgress(progress, 0.0, f"Filling between slices {sorted(self.keyMasks)}")
+        result = fillKeySlices(self.service, self.source, self.axis, self.keyMasks, self.settings, progress, cancel)
+        if cancel is not None:
+            cancel.raiseIfCancelled()
+        self._keepPreviewOutside(result)
+        maskKji = resultVolumeMask(result, self.source, self.axis, self.postprocess, self.session)
+        timings = {"encode": self.service.timings["encode"] - encodeBefore,
+                   "decode": self.service.timings["decode"] - decodeBefore,
+                   "total": time.perf_counter() - started}
+        reportProgress(progress, 1.0, f"Filled {len(result.masks)} slice(s)")
+        return SegmentationResult("volume", self.axis, sorted(int(k) for k in result.masks), maskKji,
+                                  maskBoundingExtent(maskKji), self.signature, None, result, timings,
+                                  origin=result, session=self.session)
+
+    def _keepPreviewOutside(self, result) -> None:
+        """Add the previous preview's slices outside the keys' range to ``result`` (masks, logits, range)."""
+        previous, (first, last) = self.previous, result.sliceRange
+        if previous is None or previous.axis != self.axis:
+            return
+        earlier = previous.propagation
+        for k in previous.sliceIndices:
+            if first <= k <= last:
+                continue
+            native = previous.maskKji[self.source.sliceSelector(self.axis, k)]
+            result.masks[k] = self.source.nativeMaskToImage(self.axis, native)
+            result.scores[k] = earlier.scores.get(k, 1.0) if earlier is not None else 1.0
+            if earlier is not None and k in earlier.logits:
+                result.logits[k] = earlier.logits[k]
+        result.sliceRange = (min(result.masks), max(result.masks))
+
+
+def prepareFill(logic, settings=None) -> FillJob:
+    """Main-thread snapshot of a Logic's fill: key slices = its session's accepted slices along its axis,
+    masks from its preview or segment (keySliceMasks). Raises InputError (no volume, too few keys, a key
+    without a mask)."""
+    from ..mrml.segmentwriter import segmentMaskKji
+
+    service = logic._ensureService()
+    session, _, _ = logic._syncedSession()
+    keys = session.acceptedSlices(logic.axis)
+    segment = None
+    if logic.segmentationNode is not None and logic.segmentId is not None:
+        segment = segmentMaskKji(logic.segmentationNode, logic.segmentId, logic.volumeNode)
+    keyMasks = keySliceMasks(logic.source, logic.axis, keys, logic.lastResult, segment)
+    settings = settings if settings is not None else logic.propagationSettings
+    logic.session = session
+    return FillJob(service, logic.source, logic.axis, keyMasks, logic.lastResult, session, logic.postprocess, settings)
