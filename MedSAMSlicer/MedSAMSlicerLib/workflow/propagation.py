@@ -378,6 +378,8 @@ def fillBetweenKeySlices(service, source, axis: int, keyMasks: Dict[int, np.ndar
     keeps the mask with the higher engine score (ties: the nearer key), "union"
     takes their union. Slices outside [first key, last key] are not touched.
     stopReasons report the last gap. Raises InputError for fewer than two keys.
+    This is the slice-by-slice fill; keyslicefill.fillKeySlices sends SAM 2-family
+    engines through their memory instead (memorypropagation.fillWithMemory).
     """
     if len(keyMasks) < 2:
         raise InputError("Fill between key slices needs masks on at least two slices.")
