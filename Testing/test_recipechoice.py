@@ -124,13 +124,17 @@ def test_the_choice_stays_in_the_parameters_and_a_new_panel_loads_the_file_with_
     assert session.parameters.recipe is Recipe.SAM
 
 
-def test_other_models_offer_no_recipe_and_an_unreadable_file_offers_every_recipe(session, tmp_path):
+def test_other_models_hide_the_choice_and_an_unreadable_file_offers_every_recipe(session, tmp_path):
     controller = session.controller
     for model in ("growcut", "medsam", "sam2.1_hiera_t"):
         session.parameters.model = model
-        assert controller.recipeChoices() == [] and not controller.buttonStates()["recipeComboBox"].enabled
+        states = controller.buttonStates()
+        assert controller.recipeChoices() == [] and not states["recipeComboBox"].enabled
+        assert states["recipeComboBox"].visible is False and states["recipeLabel"].visible is False
     session.parameters.model = "custom"
-    assert controller.recipeChoices() == list(Recipe) and not controller.buttonStates()["recipeComboBox"].enabled
+    states = controller.buttonStates()  # shown, but nothing to choose for until a file is
+    assert states["recipeComboBox"].visible and states["recipeLabel"].visible and not states["recipeComboBox"].enabled
+    assert controller.recipeChoices() == list(Recipe)
     broken = tmp_path / "broken.pth"
     broken.write_bytes(b"not a checkpoint")
     chooseFile(session, broken)

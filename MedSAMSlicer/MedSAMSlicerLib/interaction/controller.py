@@ -39,7 +39,7 @@ from .jobrunner import JobRunner, Task
 from .parameters import Recipe
 from .placement import PlaceMode, createPromptNode
 from .promptwatcher import PromptWatcher, definedPromptSnapshot, sliceNodeUnderCursor
-from .recipechoice import FileFamilies, preprocessingText, recipeChoices
+from .recipechoice import FileFamilies, parseRecipe, preprocessingText, recipeChoices
 from .scheduler import Debouncer, Scheduler
 
 PROMPT_ATTRIBUTES = {"box": "roiNode", "positive": "positiveNode", "negative": "negativeNode"}
@@ -69,10 +69,12 @@ PREVIEW_BUTTONS = ("segmentSliceButton", "propagateButton", "startHereButton", "
 
 @dataclass(frozen=True)
 class ButtonState:
-    """What a button shows: enabled, and for the prompt buttons whether it is checked (None: not checkable)."""
+    """What a widget shows: enabled; for the prompt buttons whether it is checked (None: not checkable); whether it
+    is shown (None: always)."""
 
     enabled: bool
     checked: Optional[bool] = None
+    visible: Optional[bool] = None
 
 
 def enumValue(choice):
@@ -360,11 +362,7 @@ class InteractionController:
         """The user chose the preprocessing of their checkpoint file (a Recipe or its value): store it and load the
         file with it in the background. The status line then says which preprocessing runs, or the library's
         message when the recipe does not fit the file (InputError; an unknown value too)."""
-        try:
-            recipe = Recipe(choice.value if isinstance(choice, Recipe) else choice)
-        except ValueError:
-            raise InputError(f"Unknown preprocessing {choice!r}: choose one of "
-                             f"{', '.join(r.value for r in Recipe)}.") from None
+        recipe = parseRecipe(choice)
         if self.parameters.recipe is not recipe:
             self.parameters.recipe = recipe
         if self.checkpointFile():
@@ -416,21 +414,28 @@ class InteractionController:
     # ------------------------------------------------------------------ state
 
     def buttonStates(self) -> Dict[str, ButtonState]:
-        """Enabled (and checked) state of every button the module shows, from the volume, the running job and
-        Slicer's place mode (a right-click, the toolbar or the end of a box unchecks the prompt buttons)."""
+        """Enabled, checked and shown state of the module's buttons (and other widgets), from the volume, the model,
+        the running job and Slicer's place mode (a right-click, the toolbar or the end of a box unchecks the prompt
+        buttons)."""
         hasVolume = self.parameters.inputVolume is not None
         busy = self.runner.busy
+        spec = getModelSpec(self.modelId())
         placing = self.placeMode.kind()
         states = {name: ButtonState(hasVolume, placing == kind) for kind, name in PROMPT_BUTTONS.items()}
         states.update({name: ButtonState(hasVolume and not busy) for name in PREVIEW_BUTTONS})
         states["applyButton"] = ButtonState(hasVolume and not busy and self.logic.lastResult is not None)
         states["undoButton"] = ButtonState(not busy and self.logic.canUndo)
         states["clearButton"] = ButtonState(hasVolume)
-        states["cancelButton"] = states["cancelDownloadButton"] = ButtonState(busy)
-        for name in ("downloadButton", "installDependenciesButton", "modelComboBox"):
+        states["cancelButton"] = ButtonState(busy)
+        states["progressBar"] = ButtonState(True, visible=busy)
+        for name in ("installDependenciesButton", "modelComboBox"):
             states[name] = ButtonState(not busy)
-        states["checkpointPathLineEdit"] = ButtonState(self.modelId() == "custom")
-        states["recipeComboBox"] = ButtonState(not busy and self.checkpointFile() is not None)
+        states["downloadButton"] = ButtonState(not busy, visible=spec.isDownloadable)
+        states["cancelDownloadButton"] = ButtonState(busy, visible=spec.isDownloadable)
+        states["checkpointPathLineEdit"] = ButtonState(spec.kind == "file")
+        # The preprocessing choice: shown for a user's file only, chosen once the file is.
+        states["recipeLabel"] = ButtonState(True, visible=spec.kind == "file")
+        states["recipeComboBox"] = ButtonState(not busy and self.checkpointFile() is not None, visible=spec.kind == "file")
         return states
 
     @property

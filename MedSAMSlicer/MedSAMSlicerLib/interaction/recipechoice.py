@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Optional, Tuple
 
-from ..core.errors import MedSAMError
+from ..core.errors import InputError, MedSAMError
 from ..core.progress import Signal
 from ..models import enginefactory
 from .jobrunner import JobRunner, Task
@@ -83,6 +83,14 @@ class FileFamilies:
             self.changed.emit()
 
         self.runner.start(Task(f"Reading {Path(path).name}", work, finish, interactive=False, sceneBound=False))
+
+
+def parseRecipe(choice) -> Recipe:
+    """The Recipe ``choice`` is (a Recipe or its value); InputError naming the choices for anything else."""
+    try:
+        return Recipe(choice.value if isinstance(choice, Recipe) else choice)
+    except ValueError:
+        raise InputError(f"Unknown preprocessing {choice!r}: choose one of {', '.join(r.value for r in Recipe)}.") from None
 
 
 def recipeChoices(current: Recipe, fitting: Optional[tuple]) -> list:
