@@ -81,7 +81,7 @@ class Recipe(enum.Enum):
 
 
 _RECIPE_LABELS = {
-    Recipe.AUTO: "Automatic (MedSAM if the file name says so, else SAM)",
+    Recipe.AUTO: "Automatic (MedSAM or MedSAM2 if the file name says MedSAM, else SAM or SAM 2.1)",
     Recipe.MEDSAM: "MedSAM (image stretched to 1024 x 1024, values scaled to 0-1)",
     Recipe.SAM: "SAM (longest side 1024, padded, SAM's pixel mean and std)",
     Recipe.MEDSAM2: "MedSAM2 (512 x 512, ImageNet mean and std)",
