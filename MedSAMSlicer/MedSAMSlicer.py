@@ -30,7 +30,7 @@ if SUPPORTED:  # on an older Slicer nothing else loads: the panel only says whic
 
     from MedSAMSlicerLib.interaction.controller import BUTTON_ACTIONS, InteractionController
     from MedSAMSlicerLib.interaction.engineloader import dependencyStatusLine
-    from MedSAMSlicerLib.interaction.parameters import ApplyMode, Intensity, ModuleParameters
+    from MedSAMSlicerLib.interaction.parameters import ApplyMode, Intensity, ModuleParameters, Recipe
     from MedSAMSlicerLib.interaction.reloading import reloadLibrary
     from MedSAMSlicerLib.models import download, enginefactory, registry
     from MedSAMSlicerLib.workflow.logic import MedSAMLogic
@@ -44,6 +44,7 @@ if SUPPORTED:  # on an older Slicer nothing else loads: the panel only says whic
         segmentId: str = ""
         model: str = ""
         checkpointPath: str = ""
+        recipe: Recipe = ModuleParameters.recipe
         intensity: Intensity = ModuleParameters.intensity
         livePreview: bool = ModuleParameters.livePreview
         applyMode: ApplyMode = ModuleParameters.applyMode
@@ -163,6 +164,9 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.segmentSelector.connect(signal, self._onSegmentSelectorChanged)
         self.ui.checkpointPathLineEdit.connect("currentPathChanged(QString)", lambda path: self._setParameter("checkpointPath", path))
         self.ui.modelComboBox.connect("currentIndexChanged(int)", lambda index: self._setParameter("model", self.ui.modelComboBox.currentData))
+        # Filled by _updateButtons, not bound: Slicer 5.10's QComboBoxToEnumConnector (parameterNodeWrapper/guiConnectors.py) lists
+        # every enum member. activated(int), as SegmentEditorThresholdEffect's boxes: the user's choice only, never a refill.
+        self.ui.recipeComboBox.connect("activated(int)", lambda index: self.controller.setRecipe(self.ui.recipeComboBox.itemData(index)))
         self.ui.deviceComboBox.connect("currentTextChanged(QString)", self._onDeviceChanged)
         self.ui.modelFolderButton.connect("directoryChanged(QString)", self._onModelFolderChanged)
         self.ui.cacheBudgetSpinBox.connect("valueChanged(int)", self._onCacheBudgetChanged)
@@ -257,18 +261,23 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             setattr(self._parameterNode, name, value or "")
 
     def _updateButtons(self):
-        """Show the controller's state: enabled and checked buttons, progress, what the model needs."""
+        """Show the controller's state: enabled, checked and shown widgets, what the model needs, the recipes."""
         for name, state in self.controller.buttonStates().items():
             widget = getattr(self.ui, name)
             widget.enabled = state.enabled
             if state.checked is not None:
                 widget.checked = state.checked
-        self.ui.progressBar.visible = self.controller.runner.busy
-        readiness = self.controller.readiness()
-        self.ui.downloadButton.visible = self.ui.cancelDownloadButton.visible = readiness.spec.isDownloadable
-        self.ui.modelInfoLabel.text = readiness.statusText
+            if state.visible is not None:
+                widget.visible = state.visible
+        self.ui.modelInfoLabel.text = self.controller.modelStatusText()
         self.ui.dependencyStatusLabel.text, installed = dependencyStatusLine()
         self.ui.installDependenciesButton.visible = not installed
+        choices, combo = self.controller.recipeChoices(), self.ui.recipeComboBox
+        if [combo.itemData(index) for index in range(combo.count)] != [choice.value for choice in choices]:
+            combo.clear()
+            for choice in choices:
+                combo.addItem(choice.label(), choice.value)
+        combo.setCurrentIndex(combo.findData(self.controller.parameters.recipe.value))
 
     def _restoreSettings(self):
         """Device, model folder and embedding budget from the application settings."""

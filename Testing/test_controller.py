@@ -391,13 +391,15 @@ def test_model_readiness_walks_packages_weights_file(tmp_path):
         medsam = modelReadiness("medsam", device="cpu")
         assert medsam.needsDownload and not medsam.ready
         assert "medsam_vit_b.pth" in medsam.statusText and str(tmp_path) in medsam.statusText
-        assert medsam.engineKey == ("medsam_vit_b", "cpu", None)
+        assert medsam.engineKey == ("medsam_vit_b", "cpu", None, None)  # a recipe is a user's file's only
         noTorch = modelReadiness("sam_vit_b", importable=lambda name: name != "torch")
         assert noTorch.missingPackages == ("torch",) and "Install Python packages" in noTorch.statusText
         custom = modelReadiness("custom")
         assert custom.needsFile and not custom.ready
         chosen = modelReadiness("custom", checkpointPath=str(tmp_path / "mine.pth"))
-        assert chosen.ready and chosen.engineKey[2] == str(tmp_path / "mine.pth")
+        assert chosen.ready and chosen.engineKey == ("custom", "auto", str(tmp_path / "mine.pth"), "auto")
+        assert modelReadiness("custom", checkpointPath=str(tmp_path / "mine.pth"), recipe="sam").engineKey[3] == "sam"
+        assert modelReadiness("medsam", recipe="sam").engineKey[3] is None
         (tmp_path / "medsam_vit_b.pth").write_bytes(b"0")  # wrong size: not taken for the real file
         assert modelReadiness("medsam").needsDownload
     finally:

@@ -121,6 +121,27 @@ def test_stamp_spares_the_hash(server, cacheFolder, monkeypatch):
     hashed = []
     original = download._sha256File
     monkeypatch.setattr(download, "_sha256File", lambda path: hashed.append(path) or original(path))
+    monkeypatch.setattr(download, "_HASHED_IN_THIS_PROCESS", {})  # as in a later process: only the stamp remembers
     assert isModelCached(spec) and isModelCached(spec) and hashed == []
     (cacheFolder / (spec.fileName + ".verified")).unlink()
+    monkeypatch.setattr(download, "_HASHED_IN_THIS_PROCESS", {})
     assert isModelCached(spec) and len(hashed) == 1 and isModelCached(spec) and len(hashed) == 1
+
+
+def test_a_cache_where_no_stamp_can_be_written_is_hashed_once_per_process(server, cacheFolder, monkeypatch):
+    """A read-only cache (here: a folder in the stamp's place, so writing it fails for real) is not hashed at every check."""
+    spec = _spec(server.url)
+    ensureModel(spec)
+    stamp = cacheFolder / (spec.fileName + ".verified")
+    stamp.unlink()
+    stamp.mkdir()
+    monkeypatch.setattr(download, "_HASHED_IN_THIS_PROCESS", {})
+    hashed = []
+    original = download._sha256File
+    monkeypatch.setattr(download, "_sha256File", lambda path: hashed.append(path) or original(path))
+    assert isModelCached(spec) and isModelCached(spec) and isModelCached(spec) and len(hashed) == 1
+    # The same size, another modification time: the file may have changed, so it is hashed again.
+    path = cacheFolder / spec.fileName
+    info = path.stat()
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000_000))
+    assert isModelCached(spec) and len(hashed) == 2

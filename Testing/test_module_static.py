@@ -160,19 +160,30 @@ def test_parameter_node_has_the_fields_and_defaults_of_the_controllers_parameter
             assert node.value.value == getattr(ModuleParameters, node.target.id), node.target.id
 
 
-def test_combo_boxes_show_words_and_hold_values_the_library_accepts():
+def test_combo_boxes_show_words_and_hold_values_the_library_accepts(moduleTree, uiWidgets):
     from MedSAMSlicerLib.imaging.intensity import IntensityPolicy
-    from MedSAMSlicerLib.interaction.parameters import ApplyMode, Intensity
+    from MedSAMSlicerLib.interaction.parameters import ApplyMode, Intensity, Recipe
+    from MedSAMSlicerLib.models import enginefactory
     from MedSAMSlicerLib.mrml.segmentwriter import MODES
 
     for choice in Intensity:
         if choice is not Intensity.DISPLAY:  # the viewer's window/level, read by the controller
             IntensityPolicy.parse(choice.value)
     assert {mode.value for mode in ApplyMode} == set(MODES)
-    labels = [choice.label() for choice in list(Intensity) + list(ApplyMode)]
+    # The recipes createEngine takes for a checkpoint file of either family, and its "auto".
+    fileRecipes = enginefactory.fileRecipes(sam2=False) + enginefactory.fileRecipes(sam2=True)
+    assert [choice.value for choice in Recipe] == [enginefactory.AUTO_RECIPE, *fileRecipes]
+    labels = [choice.label() for choice in list(Intensity) + list(ApplyMode) + list(Recipe)]
     assert "CT soft tissue" in labels and "Replace the previewed slices" in labels
     for label in labels:  # words a clinician reads, not internal values such as "ct:soft tissue" or "replaceSlices"
-        assert ":" not in label and not re.search(r"[a-z][A-Z]", label), label
+        properNames = re.sub(r"MedSAM|ImageNet", "", label)  # names spelt as their authors spell them
+        assert ":" not in label and not re.search(r"[a-z][A-Z]", properNames), label
+    # The recipe box is filled with those words and values by the widget (not bound: only some recipes fit a file).
+    assert uiWidgets["recipeComboBox"][0] == "QComboBox" and "SlicerParameterName" not in uiWidgets["recipeComboBox"][1]
+    assert "Automatic" in uiWidgets["recipeComboBox"][1]["toolTip"]
+    source = _functionSource(moduleTree, "MedSAMSlicerWidget", "_updateButtons")
+    assert "combo.addItem(choice.label(), choice.value)" in source and "self.controller.recipeChoices()" in source
+    assert 'self.controller.setRecipe(self.ui.recipeComboBox.itemData(index))' in ast.unparse(moduleTree)
 
 
 def test_every_logic_call_of_the_widget_exists(moduleTree, scene):
@@ -195,9 +206,13 @@ def test_every_controller_call_and_button_of_the_widget_exists(moduleTree, uiWid
     controller = InteractionController(MedSAMLogic(scene), ModuleParameters(), ManualScheduler())
     try:
         missing = sorted(name for name in _selfAttributeNames(moduleTree, "controller") if not hasattr(controller, name))
+        shown = set(controller.buttonStates())
+        controller.parameters.model = "custom"  # the preprocessing choice is shown
+        shown |= set(controller.buttonStates())
     finally:
         controller.cleanup()
     assert not missing, f"MedSAMSlicer.py calls controller members that do not exist: {missing}"
+    assert not shown - set(uiWidgets), "buttonStates() names widgets the .ui does not have (the widget sets each)"
     assert not set(BUTTON_ACTIONS) - set(uiWidgets), "BUTTON_ACTIONS names buttons the .ui does not have"
 
 

@@ -6,12 +6,17 @@ disk (fsync), must exist and be non-empty, and the caller's ``verify`` reads it
 back; only then is it renamed over the destination and the folder synced. On
 any error, and on a stop request (see interrupts.py), the temporary file and
 every scratch file or folder named after it are removed, and the message says
-what went wrong and that nothing was written. Standard library only.
+what went wrong and that nothing was written. A process killed outright
+(SIGKILL, a power cut) cannot clean up: its temporary files carry this host's
+name and the writer's process id, and the next write into the folder removes
+those of this host whose process is gone. Standard library only.
 """
 
 import contextlib
 import os
+import re
 import shutil
+import socket
 import stat
 import time
 import uuid
@@ -21,6 +26,8 @@ from .errors import InputError
 from .interrupts import stopsDeferred
 
 TEMPORARY_PREFIX = "medsam-partial-"
+#: A temporary name: prefix, host tag, process id, random part (then Slicer's scratch suffixes or the extension).
+_TEMPORARY_NAME = re.compile(re.escape(TEMPORARY_PREFIX) + r"([A-Za-z0-9]+)-(\d+)-([0-9a-f]{12})")
 #: A disk with less free space than this after a failed write is reported as full.
 FULL_DISK_BYTES = 1 << 20
 #: Test hook: seconds to hold a written temporary file before it is verified and renamed, so that a test can
@@ -101,7 +108,8 @@ def atomicOutput(path, verify: Optional[Callable[[str], None]] = None):
     """
     path = checkOutputLocation(path)
     folder = os.path.dirname(path)
-    stem = f"{TEMPORARY_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    removeStaleLeftovers(folder)
+    stem = f"{TEMPORARY_PREFIX}{hostTag()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     # A name without a leading dot: Slicer's volume writer names its scratch folder after the part before the
     # first dot ("TempWrite" + stem), so the stem must be unique for two writes in one folder not to collide.
     temporaryPath = os.path.join(folder, stem + lowerExtension(path))
@@ -163,6 +171,42 @@ def _syncFolder(folder):
         pass  # some file systems cannot sync a folder; the file itself was synced
     finally:
         os.close(descriptor)
+
+
+def hostTag() -> str:
+    """This machine's name reduced to letters and digits (at most 32): temporary names say which host wrote them."""
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+
+
+def removeStaleLeftovers(folder) -> None:
+    """Remove the temporary files and scratch of writes in ``folder`` by processes of this host that no longer run.
+
+    A write killed outright (SIGKILL) leaves them behind. Another host's files
+    (a shared disk) and those of live processes are left alone: only this
+    host's process table says a writer is gone.
+    """
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    host = hostTag()
+    stems = {match.group(0) for match in map(_TEMPORARY_NAME.search, names)
+             if match and match.group(1) == host and not _processRuns(int(match.group(2)))}
+    for stem in stems:
+        removeLeftovers(folder, stem)
+
+
+def _processRuns(pid: int) -> bool:
+    """True when a process with this id exists on this host (a signal-0 probe; one we may not signal exists too)."""
+    if pid <= 0 or pid == os.getpid():  # kill(0, ...) would probe our own process group
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, owned by someone else
+        return True
+    return True
 
 
 def removeLeftovers(folder, stem) -> None:

@@ -14,10 +14,13 @@ What it decides:
   segmentation and segment Apply writes to (a stale segment never blocks a
   preview), Slicer's Segment Editor node for masking, undo through the
   Segment Editor;
+- the preprocessing of a user's checkpoint file: the recipes that fit it
+  (recipechoice.py), a new choice loads the file again in the background;
 - the state of every button, following Slicer's interaction mode.
 """
 
 import enum
+import os
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
@@ -25,6 +28,7 @@ from ..core.errors import InputError, MedSAMError
 from ..core.progress import Signal
 from ..imaging.intensity import IntensityPolicy
 from ..models import download
+from ..models.registry import getModelSpec
 from ..mrml.segmenteditornode import userSegmentEditorNode
 from ..mrml.volumegeometry import axisFromSliceNode, sliceIndexFromSliceNode
 from ..workflow.logicobservers import DEBOUNCE_MS
@@ -32,8 +36,10 @@ from ..workflow.propagation import PropagationSettings
 from .drawnbox import flattenDrawnBox
 from .engineloader import EngineLoader
 from .jobrunner import JobRunner, Task
+from .parameters import Recipe
 from .placement import PlaceMode, createPromptNode
 from .promptwatcher import PromptWatcher, definedPromptSnapshot, sliceNodeUnderCursor
+from .recipechoice import FileFamilies, parseRecipe, preprocessingText, recipeChoices
 from .scheduler import Debouncer, Scheduler
 
 PROMPT_ATTRIBUTES = {"box": "roiNode", "positive": "positiveNode", "negative": "negativeNode"}
@@ -63,10 +69,12 @@ PREVIEW_BUTTONS = ("segmentSliceButton", "propagateButton", "startHereButton", "
 
 @dataclass(frozen=True)
 class ButtonState:
-    """What a button shows: enabled, and for the prompt buttons whether it is checked (None: not checkable)."""
+    """What a widget shows: enabled; for the prompt buttons whether it is checked (None: not checkable); whether it
+    is shown (None: always)."""
 
     enabled: bool
     checked: Optional[bool] = None
+    visible: Optional[bool] = None
 
 
 def enumValue(choice):
@@ -94,16 +102,18 @@ class InteractionController:
         self.status, self.progress, self.error, self.stateChanged = Signal(), Signal(), Signal(), Signal()
         self.runner = JobRunner(scheduler)
         self.engines = EngineLoader(logic, self.runner, confirm)
+        self.families = FileFamilies(self.runner, scheduler)
         self.watcher = PromptWatcher(self.scene)
         self.placeMode = PlaceMode(self.scene)
         self.previewDebouncer = Debouncer(scheduler, DEBOUNCE_MS, self.refreshPreview)
         self._previewDirty = False
         logic.autoUpdate = False  # the controller refreshes the preview, in the background
         for source, signal in ((self.runner, "status"), (self.runner, "progress"), (self.runner, "error"),
-                               (self.engines, "status"), (logic, "status")):
+                               (self.engines, "status"), (self.families, "status"), (logic, "status")):
             getattr(source, signal).connect(getattr(self, signal).emit)
         self.runner.busyChanged.connect(self._onBusyChanged)
         logic.previewChanged.connect(self.stateChanged.emit)  # Apply needs a preview
+        self.families.changed.connect(self.stateChanged.emit)  # the recipes on offer
         self.placeMode.changed.connect(self.stateChanged.emit)
         self.watcher.changed.connect(self._onPromptsChanged)
         self.watcher.placed.connect(self._onPlaced)
@@ -120,6 +130,7 @@ class InteractionController:
         self.placeMode.setNodes(p.roiNode, p.positiveNode, p.negativeNode)
         if self.logic.volumeNode is not None and p.inputVolume is not self.logic.volumeNode:
             self.syncLogicInputs()
+        self.families.request(self.checkpointFile())
         self.stateChanged.emit()
 
     def setSegmentSelection(self, segmentationNode, segmentId: str) -> None:
@@ -332,7 +343,41 @@ class InteractionController:
 
     def readiness(self):
         """What the chosen model still needs (packages, download, file)."""
-        return self.engines.readiness(self.modelId(), self.device, self.parameters.checkpointPath)
+        return self.engines.readiness(self.modelId(), self.device, self.parameters.checkpointPath, self._recipe())
+
+    def checkpointFile(self) -> Optional[str]:
+        """The user's checkpoint file when the chosen model is one (the custom model), else None."""
+        return (self.parameters.checkpointPath or None) if getModelSpec(self.modelId()).kind == "file" else None
+
+    def recipeChoices(self) -> list:
+        """The preprocessing choices to offer ([Recipe]): none unless the model is a user's file; else Automatic and
+        the recipes of the file's family (all until the file was read), and the stored choice even when it does not
+        fit, so the panel shows what the loader refuses."""
+        if getModelSpec(self.modelId()).kind != "file":
+            return []
+        path = self.parameters.checkpointPath
+        return recipeChoices(Recipe(self._recipe()), self.families.recipes(path) if path else None)
+
+    def setRecipe(self, choice) -> None:
+        """The user chose the preprocessing of their checkpoint file (a Recipe or its value): store it and load the
+        file with it in the background. The status line then says which preprocessing runs, or the library's
+        message when the recipe does not fit the file (InputError; an unknown value too)."""
+        recipe = parseRecipe(choice)
+        if self.parameters.recipe is not recipe:
+            self.parameters.recipe = recipe
+        if self.checkpointFile():
+            self._withEngine(lambda: self.status.emit(self.preprocessingText()))
+
+    def preprocessingText(self) -> str:
+        """The preprocessing the loaded engine of the user's file runs with ("" for other models, before loading)."""
+        path, engine = self.checkpointFile(), self.logic.engine
+        if not path or self.engines.engineKey != self.readiness().engineKey or not hasattr(engine, "recipe"):
+            return ""
+        return preprocessingText(os.path.basename(path), Recipe(engine.recipe), self._recipe() == Recipe.AUTO.value)
+
+    def modelStatusText(self) -> str:
+        """The model section's line: what the model still needs, and for a user's file the preprocessing in use."""
+        return " ".join(text for text in (self.readiness().statusText, self.preprocessingText()) if text)
 
     def download(self) -> None:
         """Download the chosen model's weights in the background."""
@@ -359,25 +404,38 @@ class InteractionController:
         self.status.emit("Embedding cache cleared.")
 
     def _withEngine(self, then: Callable[[], None], interactive: bool = True) -> None:
-        self.engines.withEngine(self.modelId(), self.device, self.parameters.checkpointPath, then, interactive)
+        self.engines.withEngine(self.modelId(), self.device, self.parameters.checkpointPath, then, interactive,
+                                recipe=self._recipe())
+
+    def _recipe(self) -> str:
+        # The parameter node holds a Recipe; ModuleParameters filled by hand may hold its value.
+        return enumValue(self.parameters.recipe)
 
     # ------------------------------------------------------------------ state
 
     def buttonStates(self) -> Dict[str, ButtonState]:
-        """Enabled (and checked) state of every button the module shows, from the volume, the running job and
-        Slicer's place mode (a right-click, the toolbar or the end of a box unchecks the prompt buttons)."""
+        """Enabled, checked and shown state of the module's buttons (and other widgets), from the volume, the model,
+        the running job and Slicer's place mode (a right-click, the toolbar or the end of a box unchecks the prompt
+        buttons)."""
         hasVolume = self.parameters.inputVolume is not None
         busy = self.runner.busy
+        spec = getModelSpec(self.modelId())
         placing = self.placeMode.kind()
         states = {name: ButtonState(hasVolume, placing == kind) for kind, name in PROMPT_BUTTONS.items()}
         states.update({name: ButtonState(hasVolume and not busy) for name in PREVIEW_BUTTONS})
         states["applyButton"] = ButtonState(hasVolume and not busy and self.logic.lastResult is not None)
         states["undoButton"] = ButtonState(not busy and self.logic.canUndo)
         states["clearButton"] = ButtonState(hasVolume)
-        states["cancelButton"] = states["cancelDownloadButton"] = ButtonState(busy)
-        for name in ("downloadButton", "installDependenciesButton", "modelComboBox"):
+        states["cancelButton"] = ButtonState(busy)
+        states["progressBar"] = ButtonState(True, visible=busy)
+        for name in ("installDependenciesButton", "modelComboBox"):
             states[name] = ButtonState(not busy)
-        states["checkpointPathLineEdit"] = ButtonState(self.modelId() == "custom")
+        states["downloadButton"] = ButtonState(not busy, visible=spec.isDownloadable)
+        states["cancelDownloadButton"] = ButtonState(busy, visible=spec.isDownloadable)
+        states["checkpointPathLineEdit"] = ButtonState(spec.kind == "file")
+        # The preprocessing choice: shown for a user's file only, chosen once the file is.
+        states["recipeLabel"] = ButtonState(True, visible=spec.kind == "file")
+        states["recipeComboBox"] = ButtonState(not busy and self.checkpointFile() is not None, visible=spec.kind == "file")
         return states
 
     @property
@@ -389,6 +447,7 @@ class InteractionController:
         """Stop every timer, job and observer, and release the Logic's nodes (module cleanup, Reload)."""
         self.runner.stop()
         self.previewDebouncer.cancel()
+        self.families.close()
         self.watcher.close()
         self.placeMode.close()
         for node, tag in self._sceneObservers:
@@ -417,6 +476,8 @@ class InteractionController:
 
     def _onBusyChanged(self) -> None:
         self.stateChanged.emit()
+        if not self.runner.busy:
+            self.families.request(self.checkpointFile())  # a read that waited for the runner
         if not self.runner.busy and self._previewDirty:  # prompts changed while the worker was busy
             self._previewDirty = False
             self.previewDebouncer.trigger()

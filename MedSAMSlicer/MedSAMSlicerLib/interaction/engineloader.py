@@ -37,21 +37,23 @@ class EngineLoader:
         #: torchInstaller, pipInstaller); empty: Resources/requirements.txt, PyTorchUtils and pip, as in Slicer.
         self.dependencyOptions = {}
 
-    def readiness(self, modelId: str, device: str, checkpointPath: Optional[str]) -> ModelReadiness:
+    def readiness(self, modelId: str, device: str, checkpointPath: Optional[str],
+                  recipe: Optional[str] = None) -> ModelReadiness:
         """What the model still needs (models/modelmanager.modelReadiness)."""
-        return modelReadiness(modelId, device, checkpointPath or None)
+        return modelReadiness(modelId, device, checkpointPath or None, recipe=recipe)
 
     def withEngine(self, modelId: str, device: str, checkpointPath: Optional[str], then: Callable[[], None],
-                   interactive: bool = True) -> None:
+                   interactive: bool = True, recipe: Optional[str] = None) -> None:
         """Call ``then()`` once the model's engine is loaded; the missing steps run first, in the background.
 
+        recipe: the preprocessing of a checkpoint file (createEngine's; a new one loads the file again).
         Not interactive (live preview): nothing is asked or downloaded, the status says what to do.
         """
-        readiness = self.readiness(modelId, device, checkpointPath)
+        readiness = self.readiness(modelId, device, checkpointPath, recipe)
         if self.engineKey == readiness.engineKey:
             then()
             return
-        again = lambda *ignored: self.withEngine(modelId, device, checkpointPath, then, interactive)  # noqa: E731
+        again = lambda *ignored: self.withEngine(modelId, device, checkpointPath, then, interactive, recipe)  # noqa: E731
         if readiness.missingPackages:
             if interactive and not self.dependenciesDeclined:
                 self.installDependencies(then=again)
@@ -112,7 +114,7 @@ class EngineLoader:
         self.engineKey = None
 
     def _load(self, readiness: ModelReadiness, then: Callable[[], None]) -> None:
-        modelId, device, checkpoint = readiness.engineKey
+        modelId, device, checkpoint, recipe = readiness.engineKey
 
         def loaded(engine):
             self.logic.setEngine(engine)
@@ -120,7 +122,7 @@ class EngineLoader:
             then()
 
         self.runner.start(Task(f"Loading {readiness.spec.displayName}", lambda progress, cancel: enginefactory.createEngine(
-            modelId, device=device, checkpointPath=checkpoint), loaded, interactive=True, sceneBound=False))
+            modelId, device=device, checkpointPath=checkpoint, recipe=recipe), loaded, interactive=True, sceneBound=False))
 
 
 def dependencyStatusLine() -> Tuple[str, bool]:

@@ -65,11 +65,36 @@ _APPLY_LABELS = {
 }
 
 
+class Recipe(enum.Enum):
+    """The preprocessing of a user's checkpoint file (values: the recipes models.enginefactory.createEngine takes;
+    "auto": as it chooses without one, from the file's family and name)."""
+
+    AUTO = "auto"
+    MEDSAM = "medsam"
+    SAM = "sam"
+    MEDSAM2 = "medsam2"
+    SAM2 = "sam2"
+
+    def label(self) -> str:
+        """The words the combo box shows."""
+        return _RECIPE_LABELS[self]
+
+
+_RECIPE_LABELS = {
+    Recipe.AUTO: "Automatic (MedSAM or MedSAM2 if the file name says MedSAM, else SAM or SAM 2.1)",
+    Recipe.MEDSAM: "MedSAM (image stretched to 1024 x 1024, values scaled to 0-1)",
+    Recipe.SAM: "SAM (longest side 1024, padded, SAM's pixel mean and std)",
+    Recipe.MEDSAM2: "MedSAM2 (512 x 512, ImageNet mean and std)",
+    Recipe.SAM2: "SAM 2.1 (1024 x 1024, ImageNet mean and std)",
+}
+
+
 @dataclass
 class ModuleParameters:
     """The settings the controller works from; node fields hold MRML nodes (or None).
 
-    Start/End slices of -1 mean no limit; rangeFromBox: a box the user made
+    recipe: the preprocessing of the custom model's file (ignored for the other
+    models). Start/End slices of -1 mean no limit; rangeFromBox: a box the user made
     3D (resized in another view) limits propagation.
     """
 
@@ -78,6 +103,7 @@ class ModuleParameters:
     segmentId: str = ""
     model: str = ""
     checkpointPath: str = ""
+    recipe: Recipe = Recipe.AUTO
     intensity: Intensity = Intensity.AUTO
     livePreview: bool = True
     applyMode: ApplyMode = ApplyMode.REPLACE_SLICES

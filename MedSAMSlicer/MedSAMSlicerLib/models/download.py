@@ -8,7 +8,8 @@ starts over when the server ignores Range). Standard library only.
 A cached file counts as present only when its size and, where the registry
 knows it, its SHA-256 match. Hashing a 2.5 GB file takes seconds, so a verified
 file gets a stamp beside it ("<file>.verified": size, modification time and
-hash); the file is hashed again only when it changed. A damaged file gets one
+hash), and the process remembers it too (a read-only cache has no stamp);
+the file is hashed again only when it changed. A damaged file gets one
 message everywhere (damagedModelMessage) with the way out: `medsam-slicer
 download MODEL --force`, or delete the file and download it again.
 """
@@ -35,6 +36,8 @@ USER_AGENT = "MedSAMSlicer (+https://github.com/bowang-lab/MedSAM)"
 CHUNK_BYTES = 1 << 20
 TIMEOUT_S = 30.0
 STAMP_SUFFIX = ".verified"
+#: {resolved path: (file identity, SHA-256)} of the files hashed in this process (a read-only cache has no stamps).
+_HASHED_IN_THIS_PROCESS = {}
 #: cacheStatus() results.
 CACHED, MISSING, DAMAGED = "cached", "missing", "damaged"
 
@@ -128,19 +131,28 @@ def _stampPath(path: Path) -> Path:
     return path.with_name(path.name + STAMP_SUFFIX)
 
 
+def _fileIdentity(info) -> tuple:
+    """What says a file is unchanged since it was hashed: device, inode, size, modification time."""
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+
+
 def _stampMatches(path: Path, sha256: str) -> bool:
-    """True when the stamp beside ``path`` says this very file (size, mtime) was hashed to ``sha256``."""
+    """True when this very file (size, mtime) was hashed to ``sha256``: in this process, or by the stamp beside it."""
     try:
-        stamp = json.loads(_stampPath(path).read_text(encoding="utf-8"))
         info = path.stat()
+        if _HASHED_IN_THIS_PROCESS.get(str(path.resolve())) == (_fileIdentity(info), sha256.lower()):
+            return True
+        stamp = json.loads(_stampPath(path).read_text(encoding="utf-8"))
         return stamp == {"size": info.st_size, "mtimeNs": info.st_mtime_ns, "sha256": sha256.lower()}
     except (OSError, ValueError):
         return False
 
 
 def _writeStamp(path: Path, sha256: str) -> None:
-    """Remember that ``path`` as it is now hashes to ``sha256`` (best effort: a read-only cache just hashes again)."""
+    """Remember that ``path`` as it is now hashes to ``sha256``: in this process, and in a stamp beside it
+    (best effort: where the cache is read-only, a later process hashes again)."""
     info = path.stat()
+    _HASHED_IN_THIS_PROCESS[str(path.resolve())] = (_fileIdentity(info), sha256.lower())
     try:
         _stampPath(path).write_text(json.dumps({"size": info.st_size, "mtimeNs": info.st_mtime_ns,
                                                 "sha256": sha256.lower()}), encoding="utf-8")

@@ -13,6 +13,8 @@ from .registry import RECIPES, SAM2_RECIPES, getModelSpec, modelNames
 
 DEFAULT_SAM_MODEL = "medsam"
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+#: The recipe value that means "as createEngine would choose without one" (the same as None).
+AUTO_RECIPE = "auto"
 
 
 def engineNames() -> list:
@@ -32,10 +34,30 @@ def _looksLikePath(name) -> bool:
     return isinstance(name, Path) or Path(text).suffix.lower() in CHECKPOINT_SUFFIXES or "/" in text or "\\" in text
 
 
+def fileRecipes(sam2: bool) -> tuple:
+    """The recipes a checkpoint file of one family can run with, MedSAM's first: ("medsam", "sam") for a
+    SAM / MedSAM (ViT) file, ("medsam2", "sam2") for a SAM 2.1 / MedSAM2 (Hiera) file."""
+    return SAM2_RECIPES if sam2 else tuple(r for r in RECIPES if r not in SAM2_RECIPES and r != "none")
+
+
+def recipesForFile(path) -> tuple:
+    """fileRecipes of the family the checkpoint at ``path`` belongs to, judged from its parameter names.
+
+    Reads only the names (a memory-mapped load; needs torch). Raises InputError
+    (no such file), CheckpointError (unreadable), DependencyError (no torch).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"Checkpoint file not found: {path}. Check the path.")
+    from ..engines.sam2checkpoints import isSam2Checkpoint
+
+    return fileRecipes(isSam2Checkpoint(path))
+
+
 def _recipeForFile(path: Path, recipe: Optional[str], sam2: bool = False) -> str:
     """The recipe for a user's checkpoint: the override, else "medsam" ("medsam2" for a SAM 2 file) for a
     MedSAM fine-tune by name, else "sam" ("sam2"). InputError when the override is of the other family."""
-    family = SAM2_RECIPES if sam2 else tuple(r for r in RECIPES if r not in SAM2_RECIPES and r != "none")
+    family = fileRecipes(sam2)
     if recipe:
         if recipe not in family:
             kind = "a SAM 2.1 / MedSAM2 (Hiera)" if sam2 else "a SAM / MedSAM (ViT)"
@@ -55,14 +77,16 @@ def createEngine(name: str = "auto", device: str = "auto", checkpointPath=None, 
     checkpointPath: use this file instead of the cached one (architecture
     checked against the registry's, or detected for custom files). recipe:
     override for files: "medsam"/"sam" for SAM files, "medsam2"/"sam2" for SAM 2
-    files (recognised from their keys); default "sam"/"sam2" unless the registry
-    entry or the file name says MedSAM. engineOptions go to SamEngine or
+    files (recognised from their keys); None or "auto": "sam"/"sam2" unless the
+    registry entry or the file name says MedSAM. engineOptions go to SamEngine or
     Sam2Engine (batchSize, modelName, ...).
     Raises InputError (unknown name, missing file), DownloadError (weights not
     cached), CheckpointError (bad file), DependencyError (no torch).
     """
     if name is None or str(name).lower() == "auto":
         name = defaultModelName()
+    if recipe == AUTO_RECIPE:
+        recipe = None
     if _looksLikePath(name) and str(name).lower() not in {n.lower() for n in modelNames()}:
         return _engineFromFile(Path(name), device, recipe, None, engineOptions)
     try:

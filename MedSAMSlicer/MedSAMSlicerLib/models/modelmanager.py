@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from . import dependencies, download
+from .enginefactory import AUTO_RECIPE
 from .registry import ModelSpec, getModelSpec
 
 
@@ -20,7 +21,7 @@ class ModelReadiness:
     missingPackages: import names to install first. needsDownload: official
     weights not yet in the model folder. needsFile: the custom model has no
     checkpoint file. engineKey: identity of the engine to load (model, device,
-    file): equal keys mean the loaded engine can be reused.
+    file, recipe): equal keys mean the loaded engine can be reused.
     """
 
     spec: ModelSpec
@@ -54,15 +55,18 @@ class ModelReadiness:
 
 
 def modelReadiness(modelId: str, device: str = "auto", checkpointPath: Optional[str] = None,
-                   importable: Callable[[str], bool] = dependencies.isImportable) -> ModelReadiness:
+                   importable: Callable[[str], bool] = dependencies.isImportable,
+                   recipe: Optional[str] = None) -> ModelReadiness:
     """Check what ``modelId`` (a registry id or alias) needs before createEngine can build it.
 
-    checkpointPath: the file for the custom model (ignored for the others).
+    checkpointPath, recipe: the file for the custom model and its preprocessing
+    (createEngine's recipe; None or "auto": automatic); both ignored for the others.
     importable: ``moduleName -> bool`` (injected by tests). Raises InputError
     for an unknown model id. Touches no file beyond the model folder listing.
     """
     spec = getModelSpec(modelId)
     checkpoint = (checkpointPath or None) if spec.kind == "file" else None
+    recipe = (recipe or AUTO_RECIPE) if spec.kind == "file" else None
     missing = ()
     if spec.needsWeights:
         status = dependencies.checkDependencies(importable=importable)
@@ -72,5 +76,5 @@ def modelReadiness(modelId: str, device: str = "auto", checkpointPath: Optional[
         missingPackages=missing,
         needsDownload=spec.isDownloadable and not download.isModelCached(spec),
         needsFile=spec.kind == "file" and not checkpoint,
-        engineKey=(spec.modelId, device, checkpoint),
+        engineKey=(spec.modelId, device, checkpoint, recipe),
     )
