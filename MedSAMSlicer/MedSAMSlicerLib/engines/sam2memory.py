@@ -93,7 +93,8 @@ class Sam2MemorySession:
         torch = self.engine._torch
         mask = np.asarray(maskImage, dtype=bool)
         if mask.shape != tuple(embedding.imageSize):
-            raise InputError(f"The mask of slice {k} has shape {mask.shape}; the slice is {tuple(embedding.imageSize)}.")
+            raise InputError(f"The mask of slice {k} has shape {mask.shape}; the slice image is "
+                             f"{tuple(embedding.imageSize)}.")
         size = int(self.engine.model.image_size)
         maskInputs = torch.as_tensor(mask, device=self.engine.device).float()[None, None]
         if maskInputs.shape[-2:] != (size, size):

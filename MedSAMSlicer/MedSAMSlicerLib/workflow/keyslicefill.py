@@ -84,7 +84,8 @@ class FillJob:
         self.postprocess, self.settings = postprocess, settings
         self.signature = source.signature  # the voxels the keys were read from
 
-    def run(self, progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> SegmentationResult:
+    def run(self, progress: Optional[ProgressCallback] = None,
+            cancel: Optional[CancelToken] = None) -> SegmentationResult:
         """Returns a "volume" SegmentationResult: the fill from the first key to the last, the previous preview's
         other slices (same axis) kept; clean-up, then the session's clicks enforced. Raises CancelledError."""
         started = time.perf_counter()

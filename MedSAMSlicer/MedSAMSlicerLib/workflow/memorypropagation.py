@@ -35,9 +35,9 @@ from ..core.errors import InputError, PromptError
 from ..core.progress import reportProgress
 from ..engines.base import Prompts
 from ..engines.sam2memory import hasMemoryPropagation
-from .propagation import (STOP_ANCHORED, STOP_MAX_SLICES, STOP_NOT_RUN, STOP_RANGE_END, STOP_UNCHANGED, STOP_VANISHED,
-                          PropagationResult, PropagationSettings, SliceWalker, asService, checkedRange, enlargedBox,
-                          maskIou, stopReason)
+from .propagation import (STOP_ANCHORED, STOP_MAX_SLICES, STOP_NOT_RUN, STOP_RANGE_END, STOP_UNCHANGED,
+                          STOP_VANISHED, PropagationResult, PropagationSettings, SliceWalker, asService, checkedRange,
+                          enlargedBox, maskIou, stopReason)
 
 #: Stop reason of a re-propagation that reached another conditioning slice (whose mask is kept).
 STOP_CONDITIONING_SLICE = "conditioningSlice"
