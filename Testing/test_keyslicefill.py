@@ -1,6 +1,6 @@
-"""Fill between key slices: through SAM 2's memory for SAM 2-family engines (the same masks as sam2's own video
-predictor given masks on both key slices, each slice encoded once), slice by slice for the others, and the Logic's
-fill of the current segment's preview between its accepted slices (real MRML nodes, apply, undo).
+"""Fill between key slices (keyslicefill.fillKeySlices): through SAM 2's memory for SAM 2-family engines (the
+same masks as sam2's own video predictor given masks on both key slices, each slice encoded once), slice by slice
+for the others. The Logic's fill on real MRML nodes is in test_logic_fill.py.
 
 Tiny SAM 2.1 models from sam2's classes, saved as the published files are and loaded by the same code."""
 
@@ -17,23 +17,14 @@ from MedSAMSlicerLib.embeddings.service import EmbeddingService  # noqa: E402
 from MedSAMSlicerLib.engines.base import Prompts  # noqa: E402
 from MedSAMSlicerLib.engines.growcutengine import GrowCutEngine  # noqa: E402
 from MedSAMSlicerLib.engines.sam2engine import Sam2Engine  # noqa: E402
-from MedSAMSlicerLib.engines.tinysam2 import writeTinySam2Checkpoint  # noqa: E402
 from MedSAMSlicerLib.imaging.intensity import IntensityPolicy  # noqa: E402
 from MedSAMSlicerLib.imaging.slicesource import SliceSource  # noqa: E402
 from MedSAMSlicerLib.workflow.keyslicefill import fillKeySlices  # noqa: E402
 from MedSAMSlicerLib.workflow.memorypropagation import MemoryPropagationResult, correctWithMemory  # noqa: E402
 from MedSAMSlicerLib.workflow.propagation import PropagationResult, PropagationSettings  # noqa: E402
 
-SLICES, HEIGHT, WIDTH = 12, 40, 56
-#: No stop rule fires: every slice between the keys is tracked.
-PERMISSIVE = PropagationSettings(minAreaPixels=0, maxAreaRatio=1e9, minScore=0.0, minIouWithPrevious=0.0)
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sam2fill")
-    return {"tiny": writeTinySam2Checkpoint(folder / "tiny.pt", seed=1),
-            "cover": writeTinySam2Checkpoint(folder / "cover.pt", seed=1, coverImage=True)}
+from test_memorypropagation import (HEIGHT, PERMISSIVE, SLICES, WIDTH, _encodedSlices, files,  # noqa: E402,F401
+                                    videoPredictor)
 
 
 def _blob():
@@ -47,26 +38,11 @@ def _source(seed=0):
     return SliceSource(voxels.astype(np.float32), spacingIjk=(0.8, 0.8, 2.0), policy=IntensityPolicy.window(-50, 250))
 
 
-def _encodedSlices(service):
-    return sorted(key.sliceIndex for key in service.cache._entries)  # noqa: SLF001 - the cache's own keys
-
-
 def _videoPredictorFill(checkpoint, engine, source, keys, folder, last=None):
     """{slice: (mask at slice resolution, low-res logits)} from upstream SAM2VideoPredictor with the same weights
-    (SAM2Base + the video predictor's switches, as build_sam2_video_predictor builds it), fed as
-    test_memorypropagation feeds it (the slices as a preprocessed tensor): add_new_mask on every key, then
-    propagate_in_video forwards from the first key to the last (or to ``last``)."""
-    from PIL import Image
-    from sam2.sam2_video_predictor import SAM2VideoPredictor
-
-    predictor = Sam2Engine(checkpoint, recipe="medsam2", device="cpu").model
-    predictor.__class__ = SAM2VideoPredictor
-    predictor.fill_hole_area, predictor.non_overlap_masks = 8, False
-    predictor.clear_non_cond_mem_around_input = predictor.add_all_frames_to_correct_as_cond = False
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "0.jpg")
-    state = predictor.init_state(str(folder))
-    images = torch.stack([engine.modelInput(source.sliceImage(2, k)) for k in range(SLICES)])
-    state.update(images=images, num_frames=SLICES, video_height=HEIGHT, video_width=WIDTH, cached_features={})
+    (test_memorypropagation.videoPredictor): add_new_mask on every key, then propagate_in_video forwards from
+    the first key to the last (or to ``last``)."""
+    predictor, state = videoPredictor(checkpoint, engine, source, folder)
     first, last = min(keys), max(keys) if last is None else last
     out = {}
     with warnings.catch_warnings():
@@ -81,33 +57,34 @@ def _videoPredictorFill(checkpoint, engine, source, keys, folder, last=None):
     return out
 
 
-def test_memory_fill_equals_sam2s_video_predictor_with_masks_on_both_keys(files, tmp_path, oneTorchThread):
-    """SAM2VideoPredictor given masks on both key frames (add_new_mask) and propagated forwards from the first
-    across the gap, so both keys are conditioning frames in memory throughout: our fill gives the same masks and
+@pytest.mark.parametrize("keySlices", [(2, 9), (1, 5, 10)], ids=["two keys", "three keys"])
+def test_memory_fill_equals_sam2s_video_predictor_with_masks_on_the_keys(files, tmp_path, oneTorchThread, keySlices):
+    """SAM2VideoPredictor given masks on the key frames (add_new_mask) and propagated forwards from the first key
+    to the last, so every key is a conditioning frame in memory throughout: our fill gives the same masks and
     logits between the keys, keeps the key masks as given, and encodes each slice of the range exactly once."""
     engine = Sam2Engine(files["tiny"], recipe="medsam2", device="cpu")
     service, source, blob = EmbeddingService(engine), _source(1), _blob()
-    a, b = 2, 9
-    keys = {a: blob[a], b: blob[b]}
+    a, b = keySlices[0], keySlices[-1]
+    keys = {k: blob[k] for k in keySlices}
     ours = fillKeySlices(service, source, 2, keys, PERMISSIVE)
-    assert isinstance(ours, MemoryPropagationResult) and set(ours.conditioning) == {a, b}
+    assert isinstance(ours, MemoryPropagationResult) and set(ours.conditioning) == set(keySlices)
     assert sorted(ours.masks) == list(range(a, b + 1))
-    np.testing.assert_array_equal(ours.masks[a], blob[a])
-    np.testing.assert_array_equal(ours.masks[b], blob[b])
+    for k in keySlices:
+        np.testing.assert_array_equal(ours.masks[k], blob[k])
     assert service.stats()["encoded"] == b - a + 1 and _encodedSlices(service) == list(range(a, b + 1))
 
     theirs = _videoPredictorFill(files["tiny"], engine, source, keys, tmp_path)
     assert sorted(theirs) == list(range(a, b + 1))
-    between = range(a + 1, b)
+    between = [k for k in range(a, b + 1) if k not in keys]
     # our slice features are kept in fp16 (the embedding cache's precision): logits differ by ~2e-4 (measured),
     # a few mask pixels may flip
     logitErrors = [float(np.abs(ours.logits[k].astype(np.float32) - theirs[k][1]).max()) for k in between]
     assert max(logitErrors) < 1e-3, logitErrors
     assert max(float(np.mean(ours.masks[k] != theirs[k][0])) for k in between) < 0.01
     assert sum(theirs[k][0].sum() for k in between) > 0
-    for k in (a, b):  # the predictor hands back a key's mask resized to its input and back
+    for k in keySlices:  # the predictor hands back a key's mask resized to its input and back
         assert np.mean(theirs[k][0] != keys[k]) < 0.02
-    # The upper key matters: with the lower key alone the predictor's logits move by more than that tolerance.
+    # The upper keys matter: with the lower key alone the predictor's logits move by more than that tolerance.
     alone = _videoPredictorFill(files["tiny"], engine, source, {a: blob[a]}, tmp_path, last=b)
     moved = [float(np.abs(alone[k][1] - theirs[k][1]).max()) for k in between]
     assert sum(error > 1e-3 for error in moved) >= len(moved) // 2, moved

@@ -75,26 +75,33 @@ def _encodedSlices(service):
 # ------------------------------------------------------------------ fidelity
 
 
+def videoPredictor(checkpoint, engine, source, folder):
+    """(predictor, inference state): upstream SAM2VideoPredictor with the checkpoint's weights over the slices
+    of ``source`` along K, fed the way MedSAM2's fork feeds it (a preprocessed tensor instead of JPEG frames)."""
+    from PIL import Image
+    from sam2.sam2_video_predictor import SAM2VideoPredictor
+
+    predictor = Sam2Engine(checkpoint, recipe="medsam2", device="cpu").model
+    predictor.__class__ = SAM2VideoPredictor  # what build_sam2_video_predictor builds: SAM2Base + these switches
+    predictor.fill_hole_area, predictor.non_overlap_masks = 8, False
+    predictor.clear_non_cond_mem_around_input = predictor.add_all_frames_to_correct_as_cond = False
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "0.jpg")
+    state = predictor.init_state(str(folder))
+    images = torch.stack([engine.modelInput(source.sliceImage(2, k)) for k in range(SLICES)])
+    state.update(images=images, num_frames=SLICES, video_height=HEIGHT, video_width=WIDTH, cached_features={})
+    return predictor, state
+
+
 def test_masks_equal_sam2s_video_predictor_run_as_medsam2_does(files, tmp_path, oneTorchThread):
     """MedSAM2's 3D inference: the preprocessed volume as the video, a box on the key slice, propagate forwards,
     reset, the box again, propagate in reverse. Upstream SAM2VideoPredictor with the same weights, fed the
     way MedSAM2's fork feeds it (a tensor instead of JPEG frames), gives the masks our memory path gives."""
-    from PIL import Image
-    from sam2.sam2_video_predictor import SAM2VideoPredictor
-
     engine = Sam2Engine(files["tiny"], recipe="medsam2", device="cpu")
     source, seed = _source(1), 6
     ours = propagateWithMemory(EmbeddingService(engine), source, 2, seed, Prompts(boxXyxy=BOX), PERMISSIVE)
     assert sorted(ours.masks) == list(range(SLICES))
 
-    predictor = Sam2Engine(files["tiny"], recipe="medsam2", device="cpu").model
-    predictor.__class__ = SAM2VideoPredictor  # what build_sam2_video_predictor builds: SAM2Base + these switches
-    predictor.fill_hole_area, predictor.non_overlap_masks = 8, False
-    predictor.clear_non_cond_mem_around_input = predictor.add_all_frames_to_correct_as_cond = False
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "0.jpg")
-    state = predictor.init_state(str(tmp_path))
-    images = torch.stack([engine.modelInput(source.sliceImage(2, k)) for k in range(SLICES)])
-    state.update(images=images, num_frames=SLICES, video_height=HEIGHT, video_width=WIDTH, cached_features={})
+    predictor, state = videoPredictor(files["tiny"], engine, source, tmp_path)
     theirs = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fill_hole_area needs sam2's optional CUDA extension: skipped, as here
