@@ -12,8 +12,8 @@ accepted slices of the current segment along the current axis
 the preview's mask on that slice when the preview shows one, else the
 segment's (an earlier apply). The fill becomes the new preview: the slices
 from the first key to the last are replaced, the preview's other slices are
-kept; nothing touches the segment until apply (undoable). ``prepareFill`` reads
-the MRML nodes (main thread); the FillJob it returns touches none.
+kept; nothing touches the segment until apply (undoable). The Logic reads the
+MRML nodes (main thread, logicclicks.prepareFill); the FillJob touches none.
 """
 
 import time
@@ -120,20 +120,3 @@ class FillJob:
                 result.logits[k] = earlier.logits[k]
         result.sliceRange = (min(result.masks), max(result.masks))
 
-
-def prepareFill(logic, settings=None) -> FillJob:
-    """Main-thread snapshot of a Logic's fill: key slices = its session's accepted slices along its axis,
-    masks from its preview or segment (keySliceMasks). Raises InputError (no volume, too few keys, a key
-    without a mask)."""
-    from ..mrml.segmentwriter import segmentMaskKji
-
-    service = logic._ensureService()
-    session, _, _ = logic._syncedSession()
-    keys = session.acceptedSlices(logic.axis)
-    segment = None
-    if logic.segmentationNode is not None and logic.segmentId is not None:
-        segment = segmentMaskKji(logic.segmentationNode, logic.segmentId, logic.volumeNode)
-    keyMasks = keySliceMasks(logic.source, logic.axis, keys, logic.lastResult, segment)
-    settings = settings if settings is not None else logic.propagationSettings
-    logic.session = session
-    return FillJob(service, logic.source, logic.axis, keyMasks, logic.lastResult, session, logic.postprocess, settings)

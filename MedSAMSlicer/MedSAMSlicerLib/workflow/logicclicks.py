@@ -44,13 +44,23 @@ class ClickSessionMixin:
 
     def prepareFill(self, settings=None):
         """Main-thread snapshot for filling the preview between the accepted slices: returns a FillJob (run it
-        anywhere, then showResult). See keyslicefill.prepareFill. Raises InputError with fewer than two
-        accepted slices along the current axis or one that shows no mask."""
-        from .keyslicefill import prepareFill
+        anywhere, then showResult). Keys: the session's accepted slices along the current axis, each with the
+        preview's mask there, else the segment's (keyslicefill.keySliceMasks). Raises InputError without a
+        volume, with fewer than two accepted slices, or one that shows no mask."""
+        from ..mrml.segmentwriter import segmentMaskKji
+        from .keyslicefill import FillJob, keySliceMasks
         from .propagation import PropagationSettings
 
         checks.requireInstance(settings, PropagationSettings, "propagation settings")
-        return prepareFill(self, settings)
+        service = self._ensureService()
+        session, _, _ = self._syncedSession()
+        segment = None
+        if self.segmentationNode is not None and self.segmentId is not None:
+            segment = segmentMaskKji(self.segmentationNode, self.segmentId, self.volumeNode)
+        keyMasks = keySliceMasks(self.source, self.axis, session.acceptedSlices(self.axis), self.lastResult, segment)
+        self.session = session
+        return FillJob(service, self.source, self.axis, keyMasks, self.lastResult, session, self.postprocess,
+                       settings if settings is not None else self.propagationSettings)
 
     def fillBetweenKeySlices(self, settings=None, cancel=None):
         """Fill the slices between the accepted slices (acceptSlices) along the current axis, each keeping the
