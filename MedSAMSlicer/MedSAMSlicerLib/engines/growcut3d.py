@@ -6,8 +6,9 @@ vtkImageGrowCutSegment filter that keeps its distance map between runs.
 
 Seeds:
 
-- the 3D box: a shell ``ringVoxels`` thick just outside the box is background
-  (every voxel outside the box is background in the result); a central
+- the 3D box: a shell ``ringVoxels`` thick just outside the box is background,
+  except where it looks like the core (every voxel outside the box is
+  background in the result); a central
   ellipsoid (semi-axes ``coreFraction`` of the box's half sizes: small, see GrowCut3dSettings), less its
   voxels whose intensity is more than 3 robust standard deviations from the
   median of its inner half, is foreground;
@@ -46,10 +47,12 @@ import numpy as np
 from ..core.errors import PromptError
 from .base import VolumeClick
 from .geodesic import GeodesicReach
-from .growcutcore import SEED_BACKGROUND, SEED_FOREGROUND, ellipsoidMask, growCutFilterClass, toVtkImage
+from .growcutcore import SEED_BACKGROUND, SEED_FOREGROUND, ellipsoidMask, growCutFilterClass, runGrowCut, toVtkImage
 
 #: The smallest intensity tolerance when filtering the box core by its inner half's appearance.
 CORE_MIN_TOLERANCE = 0.05
+#: A core whose intensities spread less than this (a flat or synthetic image) is compared as if they spread this much.
+WIDE_CORE_MIN_SPREAD = 0.005
 
 
 @dataclass
@@ -58,13 +61,22 @@ class GrowCut3dSettings:
 
     coreFraction: semi-axes of the foreground core ellipsoid as a fraction of
     the box's half sizes. Small on purpose: an organ fills a quarter of its
-    box or less, and a larger core puts seeds in the tissue beside it (with
+    box or less, and a large core puts seeds in the tissue beside it (at
     0.65, 40-60 % of the core lay outside the CT spleen, liver and the MR
-    liver), seeds no negative click undoes. From a small core the box alone
-    gives less (under-segmented, mean 3D Dice 0.30-0.46 instead of
-    0.50-0.63) and every click grows it within edges: after 5 clicks 0.71 /
-    0.84 / 0.74 instead of 0.58 / 0.68 / 0.75 (docs/evaluation.md). ringVoxels: thickness of the background shell outside
-    the box. smoothingSigma: Gaussian smoothing (voxels) of the block before
+    liver), seeds that no negative click undoes. wideCoreFractions,
+    wideCoreCover, wideCoreSpreadRatio: the core widens to the first of these
+    fractions whose ellipsoid GrowCut from the small core already covers (at
+    least wideCoreCover of it) and whose intensities spread no more than
+    wideCoreSpreadRatio times the small core's (robust standard deviations):
+    inside a homogeneous object that fills its box the box alone then gives
+    what a large core gives; elsewhere the core stays small, the box alone
+    under-segments and every click grows the result within edges
+    (docs/evaluation.md: after 5 clicks 0.71 / 0.83 / 0.76 instead of 0.58 /
+    0.68 / 0.75 with the large core). ringVoxels: thickness of the background shell outside
+    the box; its voxels within shellTolerance robust standard deviations of
+    the core's median intensity are left unseeded (0: all seeded): where the
+    object goes on through the box's wall, a seeded shell would eat into it
+    from there, a small core being far away. smoothingSigma: Gaussian smoothing (voxels) of the block before
     growing. distancePenalty: intensity units added per mm of path (0 =
     intensity only; a little distance keeps a flat region from going to
     whichever seed happens to be cheapest through noise).
@@ -84,6 +96,10 @@ class GrowCut3dSettings:
     """
 
     coreFraction: float = 0.1
+    wideCoreFractions: Tuple[float, ...] = (0.65, 0.45)
+    wideCoreCover: float = 0.9
+    wideCoreSpreadRatio: float = 1.3
+    shellTolerance: float = 2.0
     ringVoxels: int = 3
     smoothingSigma: float = 1.0
     distancePenalty: float = 0.005
@@ -268,7 +284,36 @@ class GrowCut3d:
         # A large core overlaps the background beside a non-convex object: keep what looks like its inner half.
         core &= np.abs(self._image - median) <= max(3.0 * spread, CORE_MIN_TOLERANCE)
         seeds[core] = SEED_FOREGROUND
+        if self.settings.shellTolerance > 0 and core.any():
+            # Where the object goes on through the box's wall (a vessel, a tube), the shell would eat into it.
+            values = self._image[core]
+            coreMedian = np.median(values)
+            tolerance = max(self.settings.shellTolerance * _robustSpread(values), CORE_MIN_TOLERANCE)
+            seeds[shell & (np.abs(self._image - coreMedian) <= tolerance)] = 0
+        wide = self._wideCore(seeds, region, centre, ranges)
+        if wide is not None:
+            seeds[wide & (seeds == 0)] = SEED_FOREGROUND
         return seeds
+
+    def _wideCore(self, seeds, region, centre, ranges) -> Optional[np.ndarray]:
+        """The wider core ellipsoid's part inside GrowCut's result from ``seeds``, or None (see GrowCut3dSettings)."""
+        settings = self.settings
+        if not settings.wideCoreFractions:
+            return None
+        small = self._image[seeds == SEED_FOREGROUND]
+        smallSpread = max(_robustSpread(small), WIDE_CORE_MIN_SPREAD) if small.size else 0.0
+        # The homogeneity test first: it is cheap, and where it fails (most organs) GrowCut need not run twice.
+        ellipsoids = [ellipsoidMask(region.shape, centre, [(b - a) / 2.0 * fraction for a, b in ranges]) & region
+                      for fraction in settings.wideCoreFractions]
+        ellipsoids = [e for e in ellipsoids if _robustSpread(self._image[e]) <= settings.wideCoreSpreadRatio * smallSpread]
+        if not ellipsoids:
+            return None
+        grown = (runGrowCut(self._image, seeds, spacingXyz=self.spacingKji[::-1],
+                            distancePenalty=settings.distancePenalty) == SEED_FOREGROUND) & region
+        for ellipsoid in ellipsoids:
+            if grown[ellipsoid].mean() >= settings.wideCoreCover:
+                return ellipsoid & grown
+        return None
 
     def _boxInBlock(self):
         """The original box (not enlarged by clicks) in block indices."""
@@ -342,6 +387,12 @@ def _lookingLikeTheClick(image, point, flat, settings) -> np.ndarray:
     components, _ = ndimage.label(block, np.ones((3, 3, 3), bool))
     centre = tuple(p - lo for p, lo in zip(point, lows))
     return components[local] == components[centre]
+
+
+def _robustSpread(values: np.ndarray) -> float:
+    """1.4826 x the median absolute deviation: the standard deviation of normal values, blind to outliers."""
+    median = np.median(values)
+    return 1.4826 * float(np.median(np.abs(values - median)))
 
 
 def depthAt(mask: np.ndarray, point, spacingKji) -> float:
