@@ -65,8 +65,9 @@ def keySliceMasks(source, axis: int, keys, previewResult=None, segmentMaskKji=No
     masks, missing = {}, []
     for k in keys:
         native = shownNativeMask(source, axis, k, previewResult, None)
-        if native is None and acceptedMasks is not None and k in acceptedMasks and acceptedMasks[k].any():
-            native = acceptedMasks[k]
+        kept = (acceptedMasks or {}).get(k)
+        if native is None and kept is not None and kept.shape == tuple(source.nativeShape(axis)) and kept.any():
+            native = kept  # the grid may have changed since it was accepted (the volume's voxels were replaced)
         if native is None:
             native = shownNativeMask(source, axis, k, None, segmentMaskKji)
         if native is None:
