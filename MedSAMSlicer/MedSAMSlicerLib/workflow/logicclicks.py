@@ -42,12 +42,15 @@ class ClickSessionMixin:
         indices = [int(k) for k in sliceIndices]
         if any(not 0 <= k < count for k in indices):
             raise InputError(f"Slices {indices} are not all inside the volume (0..{count - 1}) along {'IJK'[self.axis]}.")
-        shown = {k: shownNativeMask(self.source, self.axis, k, self.lastResult) for k in indices}
-        if any(mask is None for mask in shown.values()):
-            segment = self._segmentMask()
-            shown = {k: mask if mask is not None else shownNativeMask(self.source, self.axis, k, None, segment)
-                     for k, mask in shown.items()}
-        self.session.accept(self.axis, indices, {k: mask for k, mask in shown.items() if mask is not None})
+        shown, segment = {}, None
+        for k in indices:
+            mask = shownNativeMask(self.source, self.axis, k, self.lastResult)
+            if mask is None:  # read the segment only when the preview shows nothing there
+                segment = self._segmentMask() if segment is None else segment
+                mask = shownNativeMask(self.source, self.axis, k, None, segment)
+            if mask is not None:
+                shown[k] = mask
+        self.session.accept(self.axis, indices, shown)
         return sorted(self.session.acceptedSlices(self.axis))
 
     def prepareFill(self, settings=None):
@@ -62,9 +65,8 @@ class ClickSessionMixin:
         checks.requireInstance(settings, PropagationSettings, "propagation settings")
         service = self._ensureService()
         session, _, _ = self._syncedSession()
-        keys = session.acceptedSlices(self.axis)
-        keyMasks = keySliceMasks(self.source, self.axis, keys, self.lastResult, self._segmentMask() if len(keys) > 1 else None,
-                                 session.acceptedMasks(self.axis))
+        keyMasks = keySliceMasks(self.source, self.axis, session.acceptedSlices(self.axis), self.lastResult,
+                                 self._segmentMask(), session.acceptedMasks(self.axis))
         self.session = session
         return FillJob(service, self.source, self.axis, keyMasks, self.lastResult, session, self.postprocess,
                        settings if settings is not None else self.propagationSettings)
