@@ -59,7 +59,8 @@ def test_incremental_update_equals_growcut_run_from_scratch_on_the_same_seeds():
 
 def test_a_negative_click_on_the_leak_removes_it_and_keeps_the_object():
     voxels, ball, slab = objectWithLeak()
-    grower = GrowCut3d(voxels, truthBoxIjk(ball | slab, margin=2))
+    # A large box core (the default's is small) seeds into the slab: the box alone takes it, the click must remove it.
+    grower = GrowCut3d(voxels, truthBoxIjk(ball | slab, margin=2), settings=GrowCut3dSettings(coreFraction=0.65))
     boxOnly = grower.update([])
     assert (boxOnly & slab).sum() > 0.8 * slab.sum()  # the box alone takes the look-alike slab
     corrected = grower.update([VolumeClick((28.0, 32.0, 12.0), 0)])

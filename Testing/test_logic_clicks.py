@@ -42,7 +42,7 @@ def test_a_3d_box_with_the_weight_free_engine_is_segmented_in_3d_and_each_click_
     result = logic.lastResult
     assert result.refinement is not None and result.refinement.mode == "native3d"
     k0, k1 = result.sliceIndices[0], result.sliceIndices[-1]
-    assert k1 - k0 >= 8 and dice(logic.previewMaskKji, obj) > 0.8
+    assert k1 - k0 >= 8 and dice(logic.previewMaskKji, obj) > 0.75  # the small 3D box core: clicks grow it
     k = int(centre[2])
     # Clicks that contradict the image, on two slices: each one holds, and the earlier one still holds after the later.
     click(logic, volume, negative, (centre[0], centre[1], k))

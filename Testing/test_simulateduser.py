@@ -96,9 +96,11 @@ def test_simulate3d_ct_like_phantom_in_every_orientation():
     voxels, truth, spacing = ctLikePhantom((24, 64, 64), spacingIjk=(1.5, 1.5, 3.0))
     source = SliceSource(voxels, spacing, IntensityPolicy.ct("soft tissue"))
     for axis in (0, 1, 2):
-        outcome = simulate3d(GrowCutEngine(), source, truth, axis=axis, clickBudget=1)
-        assert outcome.dices[0] >= 0.85, (axis, outcome.dices)
-        assert len(outcome.dices) <= 2
+        # The 3D box core is small (GrowCut3dSettings): the box alone under-segments and each click grows it.
+        outcome = simulate3d(GrowCutEngine(), source, truth, axis=axis, clickBudget=3)
+        assert outcome.dices[0] >= 0.75 and outcome.dices[-1] >= 0.88, (axis, outcome.dices)
+        assert all(after >= before for before, after in zip(outcome.dices, outcome.dices[1:])), (axis, outcome.dices)
+        assert len(outcome.dices) <= 4
 
 
 def test_next_click_3d_goes_to_the_largest_3d_error_on_its_largest_slice():
@@ -131,8 +133,10 @@ def test_simulate3d_keeps_every_click_in_both_modes():
     source = SliceSource(voxels, spacing, IntensityPolicy.ct("soft tissue"))
     for native in (True, False):
         outcome = simulate3d(GrowCutEngine(), source, truth, axis=2, clickBudget=3, native=native)
-        # Dice 0.92-0.97 from the box: what is left are one-voxel boundary errors, which clicks barely move.
-        assert outcome.dices[0] >= 0.9 and outcome.dices[-1] >= outcome.dices[0] - 0.01
+        if native:  # the small 3D box core: 0.80 from the box, and every click grows it
+            assert outcome.dices[0] >= 0.75 and outcome.dices[-1] >= outcome.dices[0] + 0.05
+        else:  # propagation, Dice 0.92-0.97 from the box: what is left are one-voxel boundary errors, clicks barely move
+            assert outcome.dices[0] >= 0.9 and outcome.dices[-1] >= outcome.dices[0] - 0.01
         assert len(outcome.dices) == len(outcome.clicks) + 1 == 4
         for i, j, k, label in outcome.clicks:
             assert outcome.mask[k, j, i] == bool(label)

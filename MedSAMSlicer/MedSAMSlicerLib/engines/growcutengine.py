@@ -162,8 +162,8 @@ class GrowCutEngine(Engine):
         self.priorErosionPixels = max(0, int(priorErosionPixels))
         self.maxWorkPixels = max(1024, int(maxWorkPixels))
         self.priorDepthFraction = float(priorDepthFraction)
-        self.volumeSettings = GrowCut3dSettings(coreFraction=self.coreFraction, ringVoxels=self.ringPixels,
-                                                smoothingSigma=self.smoothingSigma)
+        # The 3D core keeps its own (small) coreFraction: a 2D box core and a 3D one are chosen on different data.
+        self.volumeSettings = GrowCut3dSettings(ringVoxels=self.ringPixels, smoothingSigma=self.smoothingSigma)
 
     def encode(self, images: Sequence[np.ndarray], progress: Optional[ProgressCallback] = None) -> list:
         """Store each image (smoothed, grayscale float32) as its embedding; cheap, never modifies input."""
