@@ -314,6 +314,30 @@ def test_start_and_end_here_need_a_view_that_was_used_never_the_red_one(session)
     assert session.parameters.rangeStart == -1 and session.parameters.rangeFromBox
 
 
+def test_fill_with_one_accepted_slice_or_a_key_without_a_mask_says_so_and_starts_no_job(session):
+    controller, logic = session.controller, session.logic
+    session.press("acceptSliceButton")  # no view used yet: nothing to take the slice from
+    assert "Place a prompt in a slice view first: Accept slice" in session.statuses[-1]
+    session.drawBox()
+    session.settle()  # the live preview of slice k
+    preview = logic.previewMaskKji.copy()
+    logic.acceptSlices([session.k])
+    assert not controller.buttonStates()["fillButton"].enabled, "Fill needs two accepted slices"
+    started = []
+    controller.runner.busyChanged.connect(lambda: started.append(controller.runner.task))
+    session.press("fillButton")  # what the action does even if the button were on
+    assert "Fill needs at least two accepted slices" in session.statuses[-1]
+    logic.acceptSlices([session.k + 3])  # a second key that shows no mask
+    assert controller.buttonStates()["fillButton"].enabled
+    session.press("fillButton")
+    session.settle()
+    assert f"[{session.k + 3}] show no mask" in session.statuses[-1] and session.errors[-1] == session.statuses[-1]
+    assert started == [] and controller.runner.task is None, "a refused fill started a job"
+    np.testing.assert_array_equal(logic.previewMaskKji, preview)  # the preview stays as it was
+    controller.clear()
+    assert not controller.buttonStates()["fillButton"].enabled, "Clear forgets the accepted slices"
+
+
 def test_reload_reimports_the_library_each_module_after_the_ones_it_imports(tmp_path):
     library = tmp_path / "MedSAMSlicerLib"
     shutil.copytree(REPO / "MedSAMSlicer" / "MedSAMSlicerLib", library, ignore=shutil.ignore_patterns("__pycache__"))

@@ -73,6 +73,27 @@ def test_growcut_fills_between_an_applied_and_a_previewed_key_slice(phantom, sce
     assert voxelHash(volume) == voxels
 
 
+def test_an_accepted_slice_keeps_its_mask_when_a_later_preview_of_another_slice_replaces_it(phantom, scene):
+    """What the panel does: segment slice a, accept it; a new box on slice b replaces the preview (slice a is no
+    longer in it); accept b; the fill still starts from a's mask as it was accepted."""
+    logic, volume, truth = phantom
+    a, b = KEYS
+    _boxOn(scene, logic, volume, truth, a)
+    logic.segmentSlice()
+    keyA = logic.previewMaskKji[a].copy()
+    assert logic.acceptSlices([a]) == [a]
+    _boxOn(scene, logic, volume, truth, b)
+    logic.segmentSlice()
+    assert logic.lastResult.sliceIndices == [b] and not logic.previewMaskKji[a].any()
+    assert logic.acceptSlices([b]) == [a, b]
+    logic.fillBetweenKeySlices()
+    preview = logic.previewMaskKji
+    np.testing.assert_array_equal(preview[a], keyA)
+    assert all(dice(preview[k], truth[k]) > 0.85 for k in range(a + 1, b))
+    logic.apply()  # a new segment begins: nothing stays accepted, no mask is kept
+    assert logic.session.acceptedSlices(2) == set() and logic.session.acceptedMasks(2) == {}
+
+
 def test_a_fill_replaces_a_propagated_preview_between_its_accepted_slices_only(phantom, scene):
     logic, volume, truth = phantom
     a, b = KEYS

@@ -302,6 +302,10 @@ def test_panel_and_guide_say_what_really_happens(uiWidgets):
     tooltip = uiWidgets["applyModeComboBox"][1]["toolTip"]
     assert all(mode.label() in tooltip for mode in ApplyMode) and "default" in tooltip
     assert "click the opposite corner" in uiWidgets["boxButton"][1]["toolTip"]
+    accept, fill = uiWidgets["acceptSliceButton"][1]["toolTip"], uiWidgets["fillButton"][1]["toolTip"]
+    assert "never overwrite" in accept and "key for Fill" in accept
+    assert "between the accepted ones" in fill and "nothing is written until Apply" in fill
     guide = (REPO / "docs" / "user-guide.md").read_text(encoding="utf-8")
     assert "**click** one corner" in guide and "**move**" in guide and "5.10 or later" in guide
     assert "drag a box" not in guide and "*Add segment* in the selector" not in guide
+    assert "**Accept slice**" in guide and "**Fill between accepted slices**" in guide and "no button for it" not in guide

@@ -10,7 +10,8 @@ What it decides:
   handled when it ends);
 - that a box drawn in one view is 2D on its slice (drawnbox.flattenDrawnBox)
   and which view (axis) the prompts were placed in;
-- the propagation range (a box made 3D in another view, or Start/End), which
+- the propagation range (a box made 3D in another view, or Start/End), the
+  accepted slices and the fill between them (sliceactions.py), which
   segmentation and segment Apply writes to (a stale segment never blocks a
   preview), Slicer's Segment Editor node for masking, undo through the
   Segment Editor;
@@ -30,7 +31,6 @@ from ..imaging.intensity import IntensityPolicy
 from ..models import download
 from ..models.registry import getModelSpec
 from ..mrml.segmenteditornode import userSegmentEditorNode
-from ..mrml.volumegeometry import axisFromSliceNode, sliceIndexFromSliceNode
 from ..workflow.logicobservers import DEBOUNCE_MS
 from ..workflow.propagation import PropagationSettings
 from .drawnbox import flattenDrawnBox
@@ -38,9 +38,10 @@ from .engineloader import EngineLoader
 from .jobrunner import JobRunner, Task
 from .parameters import Recipe
 from .placement import PlaceMode, createPromptNode
-from .promptwatcher import PromptWatcher, definedPromptSnapshot, sliceNodeUnderCursor
+from .promptwatcher import PromptWatcher, definedPromptSnapshot
 from .recipechoice import FileFamilies, parseRecipe, preprocessingText, recipeChoices
 from .scheduler import Debouncer, Scheduler
+from .sliceactions import SliceActionsMixin
 
 PROMPT_ATTRIBUTES = {"box": "roiNode", "positive": "positiveNode", "negative": "negativeNode"}
 PROMPT_BUTTONS = {"box": "boxButton", "positive": "positiveButton", "negative": "negativeButton"}
@@ -56,6 +57,8 @@ BUTTON_ACTIONS = {
     "startHereButton": lambda controller: controller.setRangeEnd("rangeStart"),
     "endHereButton": lambda controller: controller.setRangeEnd("rangeEnd"),
     "propagateButton": lambda controller: controller.propagate(),
+    "acceptSliceButton": lambda controller: controller.acceptSlice(),
+    "fillButton": lambda controller: controller.fillBetweenAccepted(),
     "cancelButton": lambda controller: controller.cancel(),
     "cancelDownloadButton": lambda controller: controller.cancel(),
     "downloadButton": lambda controller: controller.download(),
@@ -64,7 +67,8 @@ BUTTON_ACTIONS = {
     "clearEmbeddingsButton": lambda controller: controller.clearEmbeddings(),
 }
 #: Buttons that act on the preview: off while a job runs.
-PREVIEW_BUTTONS = ("segmentSliceButton", "propagateButton", "startHereButton", "endHereButton")
+PREVIEW_BUTTONS = ("segmentSliceButton", "propagateButton", "startHereButton", "endHereButton", "acceptSliceButton",
+                   "fillButton")
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,7 @@ def enumValue(choice):
     return choice.value if isinstance(choice, enum.Enum) else choice
 
 
-class InteractionController:
+class InteractionController(SliceActionsMixin):
     """Drive MedSAMLogic from a front end: prompts placed in slice views, buttons, background jobs.
 
     logic: a MedSAMLogic. parameters: an object with the fields of
@@ -260,8 +264,7 @@ class InteractionController:
             last = self.logic.source.sliceCount(self.logic.axis) - 1
             ends = (p.rangeStart if p.rangeStart >= 0 else 0, p.rangeEnd if p.rangeEnd >= 0 else last)
             sliceRange = (min(ends), min(max(ends), last))
-        settings = PropagationSettings(marginMm=p.marginMm, minScore=p.minScore, minIouWithPrevious=p.minIou,
-                                       maxAreaRatio=p.maxAreaRatio)
+        settings = self._propagationSettings()
         self._withEngine(lambda: self._runTask("Propagating", lambda: self.logic.preparePropagation(settings, sliceRange)))
 
     def apply(self) -> bool:
@@ -309,22 +312,7 @@ class InteractionController:
         self.runner.cancel(sceneBoundOnly=True)
         self._previewDirty = False
         self.logic.clear()
-
-    def setRangeEnd(self, attribute: str) -> None:
-        """Start here / End here: a propagation range end ("rangeStart" or "rangeEnd") at the slice shown in the
-        view the prompts were placed in (else the view under the mouse)."""
-        p = self.parameters
-        sliceNode = self.lastSliceNode or sliceNodeUnderCursor(self.scene)
-        if p.inputVolume is None or sliceNode is None:
-            self.status.emit("Place a prompt in a slice view first: Start/End take that view's slice.")
-            return
-        try:
-            index = sliceIndexFromSliceNode(p.inputVolume, axisFromSliceNode(p.inputVolume, sliceNode), sliceNode)
-        except MedSAMError as error:
-            self.status.emit(str(error))
-            return
-        p.rangeFromBox = False
-        setattr(p, attribute, index)
+        self.stateChanged.emit()  # no accepted slice left: Fill is off
 
     def cancel(self) -> None:
         """Cancel the running task (download, install, loading, encoding, propagation); nothing is written."""
@@ -407,6 +395,12 @@ class InteractionController:
         self.engines.withEngine(self.modelId(), self.device, self.parameters.checkpointPath, then, interactive,
                                 recipe=self._recipe())
 
+    def _propagationSettings(self) -> PropagationSettings:
+        """The stopping rules and box margin of the panel (propagation and fill)."""
+        p = self.parameters
+        return PropagationSettings(marginMm=p.marginMm, minScore=p.minScore, minIouWithPrevious=p.minIou,
+                                   maxAreaRatio=p.maxAreaRatio)
+
     def _recipe(self) -> str:
         # The parameter node holds a Recipe; ModuleParameters filled by hand may hold its value.
         return enumValue(self.parameters.recipe)
@@ -423,6 +417,8 @@ class InteractionController:
         placing = self.placeMode.kind()
         states = {name: ButtonState(hasVolume, placing == kind) for kind, name in PROMPT_BUTTONS.items()}
         states.update({name: ButtonState(hasVolume and not busy) for name in PREVIEW_BUTTONS})
+        keys = self.logic.session.acceptedSlices(self.logic.axis)
+        states["fillButton"] = ButtonState(hasVolume and not busy and len(keys) > 1)  # a fill needs two keys
         states["applyButton"] = ButtonState(hasVolume and not busy and self.logic.lastResult is not None)
         states["undoButton"] = ButtonState(not busy and self.logic.canUndo)
         states["clearButton"] = ButtonState(hasVolume)

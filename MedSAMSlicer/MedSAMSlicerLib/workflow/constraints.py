@@ -7,7 +7,9 @@ An AnnotationSession holds:
   constraints: every later result keeps a positive click's voxel inside and a
   negative click's voxel outside (``enforce``), whatever the engine. Clicks on
   one slice accumulate as that slice's prompts (``promptsOnSlice``).
-- **accepted slices** per axis: slices the user declared right.
+- **accepted slices** per axis: slices the user declared right, each with
+  the native mask it showed when accepted (if any), so a later preview of
+  another slice does not lose it (the keys of a fill, keyslicefill.py).
 
 Anchored slices along an axis are the slices with a click on them and the
 accepted ones. Re-propagation after a correction never replaces an anchored
@@ -16,7 +18,7 @@ slice (workflow/propagation.py correctSlice stops there).
 No MRML here: clicks arrive as IJK coordinates (the Logic converts markups).
 """
 
-from typing import Dict, List, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -35,6 +37,7 @@ class AnnotationSession:
     def __init__(self):
         self.clicks: List[VolumeClick] = []
         self._accepted: Dict[int, Set[int]] = {0: set(), 1: set(), 2: set()}
+        self._acceptedMasks: Dict[int, Dict[int, np.ndarray]] = {0: {}, 1: {}, 2: {}}
 
     # ---------------------------------------------------------------- editing
 
@@ -68,25 +71,37 @@ class AnnotationSession:
         self.clicks = kept + remaining
         return remaining, removed
 
-    def accept(self, axis: int, sliceIndices: Sequence[int]):
-        """Declare these slices along ``axis`` right: later re-propagations never replace them."""
-        self._accepted[_checkAxis(axis)].update(int(k) for k in sliceIndices)
+    def accept(self, axis: int, sliceIndices: Sequence[int], nativeMasks: Optional[Dict[int, np.ndarray]] = None):
+        """Declare these slices along ``axis`` right: later re-propagations never replace them.
+
+        nativeMasks: {slice index: bool native slice mask} each accepted slice
+        shows now (kept, replacing an earlier one; see acceptedMasks).
+        """
+        axis = _checkAxis(axis)
+        self._accepted[axis].update(int(k) for k in sliceIndices)
+        for k, mask in (nativeMasks or {}).items():
+            self._acceptedMasks[axis][int(k)] = np.array(mask, dtype=bool, copy=True)
 
     def acceptedSlices(self, axis: int) -> Set[int]:
         """The slices accepted along ``axis`` (a copy)."""
         return set(self._accepted[_checkAxis(axis)])
+
+    def acceptedMasks(self, axis: int) -> Dict[int, np.ndarray]:
+        """{accepted slice along ``axis``: the bool native slice mask it showed when accepted} (a copy of the dict)."""
+        return dict(self._acceptedMasks[_checkAxis(axis)])
 
     def snapshot(self) -> "AnnotationSession":
         """An independent copy (for a job that runs while the user goes on clicking)."""
         copy = AnnotationSession()
         copy.clicks = list(self.clicks)
         copy._accepted = {axis: set(slices) for axis, slices in self._accepted.items()}
+        copy._acceptedMasks = {axis: dict(masks) for axis, masks in self._acceptedMasks.items()}  # never modified
         return copy
 
     def clear(self):
         """Forget every click and accepted slice (a new segment begins)."""
         self.clicks = []
-        for accepted in self._accepted.values():
+        for accepted in (*self._accepted.values(), *self._acceptedMasks.values()):
             accepted.clear()
 
     # ---------------------------------------------------------------- reading

@@ -9,7 +9,8 @@ memory); every other engine propagates slice by slice from both ends
 For the Logic (``MedSAMLogic.fillBetweenKeySlices``), the key slices are the
 accepted slices of the current segment along the current axis
 (``logic.acceptSlices``), and each key's mask is what the user sees there:
-the preview's mask on that slice when the preview shows one, else the
+the preview's mask on that slice when the preview shows one, else the one it
+showed when accepted (a later preview of another slice replaced it), else the
 segment's (an earlier apply). The fill becomes the new preview: the slices
 from the first key to the last are replaced, the preview's other slices are
 kept; nothing touches the segment until apply (undoable). The Logic reads the
@@ -45,26 +46,31 @@ def fillKeySlices(service, source, axis: int, keyMasks: Dict[int, object],
     return fillBetweenKeySlices(service, source, axis, keyMasks, settings, progress, cancel)
 
 
-def keySliceMasks(source, axis: int, keys, previewResult=None, segmentMaskKji=None) -> Dict[int, np.ndarray]:
-    """{key slice: bool (H, W) slice image mask}: the preview's mask on that slice, else the segment's.
+def keySliceMasks(source, axis: int, keys, previewResult=None, segmentMaskKji=None,
+                  acceptedMasks=None) -> Dict[int, np.ndarray]:
+    """{key slice: bool (H, W) slice image mask}: the preview's mask on that slice, else the mask the slice showed
+    when it was accepted, else the segment's.
 
     previewResult: the Logic's SegmentationResult (or None); its mask counts on
     the slices it covers along ``axis`` when not empty there. segmentMaskKji:
-    the segment as bool (K, J, I), or None. Raises InputError for fewer than two
-    keys or a key with neither (the message names the slices).
+    the segment as bool (K, J, I), or None. acceptedMasks: {slice: bool native
+    slice mask} kept when the slices were accepted (AnnotationSession.
+    acceptedMasks), or None. Raises InputError for fewer than two keys or a key
+    with none of them (the message names the slices).
     """
     keys = sorted(int(k) for k in keys)
     if len(keys) < 2:
         raise InputError(f"Fill needs at least two accepted slices along {'IJK'[axis]} (accepted: {keys or 'none'}): "
                          "segment and accept a slice above and one below the slices to fill.")
-    covered = set(previewResult.sliceIndices) if previewResult is not None and previewResult.axis == axis else set()
     masks, missing = {}, []
     for k in keys:
-        selector = source.sliceSelector(axis, k)
-        native = previewResult.maskKji[selector] if k in covered else None
-        if native is None or not native.any():
-            native = segmentMaskKji[selector] if segmentMaskKji is not None else None
-        if native is None or not native.any():
+        native = shownNativeMask(source, axis, k, previewResult, None)
+        kept = (acceptedMasks or {}).get(k)
+        if native is None and kept is not None and kept.shape == tuple(source.nativeShape(axis)) and kept.any():
+            native = kept  # the grid may have changed since it was accepted (the volume's voxels were replaced)
+        if native is None:
+            native = shownNativeMask(source, axis, k, None, segmentMaskKji)
+        if native is None:
             missing.append(k)
             continue
         masks[k] = source.nativeMaskToImage(axis, native)
@@ -72,6 +78,17 @@ def keySliceMasks(source, axis: int, keys, previewResult=None, segmentMaskKji=No
         raise InputError(f"Accepted slice(s) {missing} show no mask in the preview or the segment: segment them "
                          "(and keep them in the preview or apply them) before filling between them.")
     return masks
+
+
+def shownNativeMask(source, axis: int, k: int, previewResult=None, segmentMaskKji=None) -> Optional[np.ndarray]:
+    """The bool native mask slice ``k`` along ``axis`` shows: the preview's there (same axis, covering ``k``, not
+    empty), else the segment's (bool (K, J, I) or None) when not empty, else None."""
+    covered = previewResult is not None and previewResult.axis == axis and k in previewResult.sliceIndices
+    for native in (previewResult.maskKji[source.sliceSelector(axis, k)] if covered else None,
+                   segmentMaskKji[source.sliceSelector(axis, k)] if segmentMaskKji is not None else None):
+        if native is not None and native.any():
+            return native
+    return None
 
 
 class FillJob:

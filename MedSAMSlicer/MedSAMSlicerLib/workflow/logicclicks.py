@@ -25,10 +25,13 @@ class ClickSessionMixin:
 
         sliceIndices: slice indices along the current axis; None takes the
         slice shown in the slice view (setSliceNode). Clicked slices are
-        anchored too, without this call. Returns the accepted slices (sorted).
-        Raises InputError without a volume or a slice to accept.
+        anchored too, without this call. Each slice keeps the mask it shows now
+        (the preview's, else the segment's) as its key for a fill, even when a
+        later preview of another slice no longer shows it. Returns the accepted
+        slices (sorted). Raises InputError without a volume or a slice to accept.
         """
         from ..mrml.volumegeometry import sliceIndexFromSliceNode
+        from .keyslicefill import shownNativeMask
 
         self._requireVolume()
         if sliceIndices is None:
@@ -39,25 +42,31 @@ class ClickSessionMixin:
         indices = [int(k) for k in sliceIndices]
         if any(not 0 <= k < count for k in indices):
             raise InputError(f"Slices {indices} are not all inside the volume (0..{count - 1}) along {'IJK'[self.axis]}.")
-        self.session.accept(self.axis, indices)
+        shown, segment = {}, None
+        for k in indices:
+            mask = shownNativeMask(self.source, self.axis, k, self.lastResult)
+            if mask is None:  # read the segment only when the preview shows nothing there
+                segment = self._segmentMask() if segment is None else segment
+                mask = shownNativeMask(self.source, self.axis, k, None, segment)
+            if mask is not None:
+                shown[k] = mask
+        self.session.accept(self.axis, indices, shown)
         return sorted(self.session.acceptedSlices(self.axis))
 
     def prepareFill(self, settings=None):
         """Main-thread snapshot for filling the preview between the accepted slices: returns a FillJob (run it
         anywhere, then showResult). Keys: the session's accepted slices along the current axis, each with the
-        preview's mask there, else the segment's (keyslicefill.keySliceMasks). Raises InputError without a
-        volume, with fewer than two accepted slices, or one that shows no mask."""
-        from ..mrml.segmentwriter import segmentMaskKji
+        preview's mask there, else the mask it showed when accepted, else the segment's
+        (keyslicefill.keySliceMasks). Raises InputError without a volume, with fewer than two accepted slices,
+        or one that shows no mask."""
         from .keyslicefill import FillJob, keySliceMasks
         from .propagation import PropagationSettings
 
         checks.requireInstance(settings, PropagationSettings, "propagation settings")
         service = self._ensureService()
         session, _, _ = self._syncedSession()
-        segment = None
-        if self.segmentationNode is not None and self.segmentId is not None:
-            segment = segmentMaskKji(self.segmentationNode, self.segmentId, self.volumeNode)
-        keyMasks = keySliceMasks(self.source, self.axis, session.acceptedSlices(self.axis), self.lastResult, segment)
+        keyMasks = keySliceMasks(self.source, self.axis, session.acceptedSlices(self.axis), self.lastResult,
+                                 self._segmentMask(), session.acceptedMasks(self.axis))
         self.session = session
         return FillJob(service, self.source, self.axis, keyMasks, self.lastResult, session, self.postprocess,
                        settings if settings is not None else self.propagationSettings)
@@ -71,6 +80,14 @@ class ClickSessionMixin:
         result = self.prepareFill(settings).run(self.progress.emit, cancel)
         self.showResult(result)
         return result.propagation
+
+    def _segmentMask(self):
+        """The selected segment as bool (K, J, I) on the volume's grid, or None when none is selected."""
+        from ..mrml.segmentwriter import segmentMaskKji
+
+        if self.segmentationNode is None or self.segmentId is None:
+            return None
+        return segmentMaskKji(self.segmentationNode, self.segmentId, self.volumeNode)
 
     def _syncedSession(self):
         """(a snapshot of the session synchronised with the point markups, added clicks, removed clicks)."""
