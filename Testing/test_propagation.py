@@ -11,8 +11,9 @@ from MedSAMSlicerLib.imaging.intensity import IntensityPolicy
 from MedSAMSlicerLib.imaging.phantoms import driftingTubePhantom, ellipsoidPhantom, twoObjectsLabels, twoObjectsPhantom
 from MedSAMSlicerLib.imaging.postprocess import fillHoles, keepLargestComponent
 from MedSAMSlicerLib.core.progress import CancelToken
-from MedSAMSlicerLib.workflow.propagation import (PropagationResult, PropagationSettings, correctSlice, fillBetweenKeySlices,
-                                         propagate, propagateBox3d)
+from MedSAMSlicerLib.workflow.keyslicefill import fillBetweenKeySlices
+from MedSAMSlicerLib.workflow.propagation import (PropagationResult, PropagationSettings, correctSlice, propagate,
+                                                  propagateBox3d)
 from MedSAMSlicerLib.workflow.simulateduser import boxFromMask, dice, truthBox3d
 
 ANISOTROPIC = (1.0, 1.0, 2.5)

@@ -232,7 +232,7 @@ def fillWithMemory(service, source, axis: int, keyMasks: Dict[int, object],
     service = asService(service)
     if not usesMemoryPropagation(service):
         raise InputError(f"{getattr(service.engine, 'displayName', 'This engine')} has no memory propagation; "
-                         "use propagation.fillBetweenKeySlices.")
+                         "use keyslicefill.fillBetweenKeySlices.")
     if len(keyMasks) < 2:
         raise InputError("Fill between key slices needs masks on at least two slices.")
     keys = sorted(int(k) for k in keyMasks)

@@ -174,7 +174,8 @@ def enlargedBox(mask: np.ndarray, marginPixels: float, clipXyxy=None):
     return x0, y0, x1, y1
 
 
-def _decode(service, embedding, prompts):
+def decodeWith(service, embedding, prompts) -> DecodeResult:
+    """Decode ``prompts`` on an embedding with the service's decoder (its engine's when it has none)."""
     decode = getattr(service, "decode", None) or service.engine.decode
     return decode(embedding, prompts)
 
@@ -249,7 +250,7 @@ class SliceWalker:
         embedding = self.embedding(k, direction, last)
         prompts = Prompts(boxXyxy=box, previousLowResLogits=previousLogits if self.settings.useLowResMask else None)
         start = time.perf_counter()
-        decoded = _decode(self.service, embedding, prompts)
+        decoded = decodeWith(self.service, embedding, prompts)
         self.result.timings["decode"] += time.perf_counter() - start
         return decoded, stopReason(decoded.mask, decoded.score, previousMask, self.settings)
 
@@ -356,7 +357,7 @@ def propagateBox3d(service, source, axis: int, boxXyxy, sliceRange, settings: Op
     prompts = Prompts(boxXyxy=tuple(boxXyxy), pointsXy=np.zeros((0, 2)) if pointsXy is None else pointsXy,
                       pointLabels=np.zeros(0) if pointLabels is None else pointLabels)
     start = time.perf_counter()
-    decoded = _decode(service, embedding, prompts)
+    decoded = decodeWith(service, embedding, prompts)
     decodeTime = time.perf_counter() - start
     if not decoded.mask.any():
         raise PromptError(f"Nothing was segmented on slice {middle} inside the box: draw the box around the object.")
@@ -364,74 +365,6 @@ def propagateBox3d(service, source, axis: int, boxXyxy, sliceRange, settings: Op
                        seedScore=decoded.score, seedLowResLogits=decoded.lowResLogits, clipXyxy=prompts.boxXyxy)
     result.timings["decode"] += decodeTime
     return result
-
-
-def fillBetweenKeySlices(service, source, axis: int, keyMasks: Dict[int, np.ndarray],
-                         settings: Optional[PropagationSettings] = None, progress=None, cancel=None,
-                         merge: str = "score") -> PropagationResult:
-    """Fill the slices between consecutive key slices by propagating from both ends.
-
-    keyMasks: {slice index: bool (H, W) slice image mask, or a boxXyxy, or
-    Prompts} (at least two); masks are kept as given, boxes and prompts are
-    decoded first (InputError if a key gives an empty mask). Between keys a and b, propagation runs up from a and
-    down from b, never leaving (a, b). Where both reach a slice, merge="score"
-    keeps the mask with the higher engine score (ties: the nearer key), "union"
-    takes their union. Slices outside [first key, last key] are not touched.
-    stopReasons report the last gap. Raises InputError for fewer than two keys.
-    This is the slice-by-slice fill; keyslicefill.fillKeySlices sends SAM 2-family
-    engines through their memory instead (memorypropagation.fillWithMemory).
-    """
-    if len(keyMasks) < 2:
-        raise InputError("Fill between key slices needs masks on at least two slices.")
-    if merge not in ("score", "union"):
-        raise InputError(f"Unknown merge mode {merge!r}: use 'score' or 'union'.")
-    settings = settings or PropagationSettings()
-    service = asService(service)
-    keys = sorted(int(k) for k in keyMasks)
-    result = PropagationResult(axis=axis, sliceRange=(keys[0], keys[-1]))
-    for k in keys:
-        result.masks[k], result.scores[k] = _keyMask(service, source, axis, k, keyMasks[k], result)
-    for index, (a, b) in enumerate(zip(keys[:-1], keys[1:])):
-        if b - a < 2:
-            continue
-        up = propagate(service, source, axis, a, result.masks[a], settings, (a, b - 1), cancel=cancel)
-        down = propagate(service, source, axis, b, result.masks[b], settings, (a + 1, b), cancel=cancel)
-        for part in (up, down):
-            for name in ("encode", "decode"):
-                result.timings[name] += part.timings[name]
-        for k in range(a + 1, b):
-            _mergeSlice(result, k, up, down, preferUp=(k - a) <= (b - k), merge=merge)
-        result.stopReasons = {"up": up.stopReasons["up"], "down": down.stopReasons["down"]}
-        reportProgress(progress, (index + 1) / (len(keys) - 1), f"Filled slices {a}..{b}")
-    return result
-
-
-def _keyMask(service, source, axis, k, key, result):
-    """(mask, score) of a key slice given as a bool mask, a boxXyxy or Prompts (decoded here)."""
-    if isinstance(key, Prompts) or (np.ndim(key) == 1 and np.size(key) == 4):
-        prompts = key if isinstance(key, Prompts) else Prompts(boxXyxy=tuple(float(v) for v in key))
-        embedding = service.embedding(source, axis, k)
-        start = time.perf_counter()
-        decoded = _decode(service, embedding, prompts)
-        result.timings["decode"] += time.perf_counter() - start
-        mask, score = decoded.mask, float(decoded.score)
-    else:
-        mask, score = np.asarray(key, bool), 1.0
-    if mask.shape != tuple(source.imageShape(axis)) or not mask.any():
-        raise InputError(f"Key slice {k} has an empty or mis-sized mask: segment the object on that slice first.")
-    return mask, score
-
-
-def _mergeSlice(result, k, up, down, preferUp, merge):
-    candidates = [(part.scores[k], part.masks[k]) for part in ((up, down) if preferUp else (down, up)) if k in part.masks]
-    if not candidates:
-        return
-    if merge == "union":
-        result.masks[k] = np.logical_or.reduce([mask for _, mask in candidates])
-        result.scores[k] = max(score for score, _ in candidates)
-        return
-    best = max(candidates, key=lambda item: item[0])  # max keeps the first (nearer key) on ties
-    result.scores[k], result.masks[k] = best[0], best[1]
 
 
 def correctSlice(service, source, axis: int, previousResult: PropagationResult, sliceIndex: int, prompts: Prompts,
@@ -478,7 +411,7 @@ def correctSlice(service, source, axis: int, previousResult: PropagationResult, 
             prior = np.asarray(previousResult.logits[sliceIndex], dtype=np.float32)
     prompts = Prompts(boxXyxy=box, pointsXy=prompts.pointsXy, pointLabels=prompts.pointLabels, previousLowResLogits=prior)
     start = time.perf_counter()
-    decoded = _decode(service, embedding, prompts)
+    decoded = decodeWith(service, embedding, prompts)
     result.timings["decode"] += time.perf_counter() - start
     result.keep(sliceIndex, decoded, service)
     walker = SliceWalker(service, source, axis, settings, result, result.clipXyxy, cancel)
