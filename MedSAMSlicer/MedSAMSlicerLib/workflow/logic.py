@@ -23,12 +23,13 @@ from ..core.errors import InputError, MedSAMError
 from . import logicchecks as checks
 from .constraints import AnnotationSession
 from .logicclicks import ClickSessionMixin
+from .logiccache import EmbeddingCacheMixin
 from .logicjobs import PostprocessOptions, PropagationJob, SegmentationResult, SliceJob
 from .logicobservers import DEBOUNCE_MS, MARKUP_EVENTS, VOLUME_EVENTS, ObservationMixin
 from ..core.progress import Signal
 
 
-class MedSAMLogic(ObservationMixin, ClickSessionMixin):
+class MedSAMLogic(ObservationMixin, ClickSessionMixin, EmbeddingCacheMixin):
     """Prompts on a volume -> preview -> segment, with undo; see docs/console.md for a session.
 
     scene: the vtkMRMLScene (slicer.mrmlScene when None).
@@ -410,41 +411,6 @@ class MedSAMLogic(ObservationMixin, ClickSessionMixin):
         finally:
             self.autoUpdate = pending
         self._updatePending = False
-
-    def cacheStats(self):
-        """Embedding cache counters of the current engine (hits, misses, encoded, bytes, entries...)."""
-        return self.service.stats() if self.service is not None else {}
-
-    def prefetch(self, sliceRange=None, aroundIndex=None, progress=None):
-        """Encode slices along the current axis ahead of need, on a background thread; returns the PrefetchJob.
-
-        sliceRange: inclusive (k0, k1) (default: every slice); aroundIndex:
-        visit slices nearest to it first (the slice the user looks at). A new
-        prefetch cancels the previous one; ``job.cancel()`` stops it. Snapshot
-        taken here (main thread); the worker touches no MRML node.
-        """
-        service = self._ensureService()
-        count = self.source.sliceCount(self.axis)
-        sliceRange = checks.requireSliceRange(sliceRange, count)
-        if aroundIndex is not None:
-            checks.requireInteger(aroundIndex, "slice to start around", 0, count - 1)
-        k0, k1 = sliceRange if sliceRange is not None else (0, count - 1)
-        indices = range(max(0, int(k0)), min(count - 1, int(k1)) + 1)
-        return service.prefetch(self.source, self.axis, indices, progress=progress, aroundIndex=aroundIndex)
-
-    def setCacheBudget(self, maxBytes):
-        """Keep at most ``maxBytes`` of slice embeddings in memory (least recently used are evicted beyond)."""
-        from ..embeddings.cache import EmbeddingCache
-
-        checks.requirePositiveNumber(maxBytes, "embedding cache budget (bytes)")
-        if self._cache is None:
-            self._cache = EmbeddingCache(maxBytes=int(maxBytes))
-        self._cache.maxBytes = int(maxBytes)
-
-    def clearEmbeddings(self):
-        """Forget every cached slice embedding of every engine (they are encoded again when needed)."""
-        if self._cache is not None:
-            self._cache.clear()
 
     def resetTimings(self):
         """Zero logic.timings (seconds spent encoding, decoding, writing, and in total)."""
