@@ -15,6 +15,7 @@ import SimpleITK as sitk
 
 from MedSAMSlicerLib.core.errors import InputError
 from MedSAMSlicerLib.mrml import imageio
+from MedSAMSlicerLib.mrml.volumegeometry import ijkToWorld
 from test_cli import boxText, runCli, writeEllipsoid  # noqa: F401 (runCli is a fixture)
 
 UID = "1.2.826.0.1.3680043.2.1125.77"
@@ -160,7 +161,7 @@ def test_a_series_with_gantry_tilt_is_resampled_so_every_slice_is_where_the_scan
     node = imageio.readImage(str(tmp_path / "tilted"), scene, warn=warnings.append)
     assert len(warnings) == 1 and "gantry tilt of 20.0 degrees" in warnings[0] and "resampled" in warnings[0]
     assert node.GetSpacing() == pytest.approx((1.0, 1.0, 2.5))
-    ijkToRas = vtkMatrixArray(node)
+    ijkToRas = ijkToWorld(node)  # no parent transform here: the node's IJK-to-RAS
     assert np.allclose(ijkToRas[:3, :3] @ ijkToRas[:3, :3].T, np.diag(np.array(node.GetSpacing()) ** 2))  # rectilinear
     voxels = slicer.util.arrayFromVolume(node)
     centres = []
@@ -183,15 +184,6 @@ def test_a_series_whose_slices_are_not_on_one_line_is_refused(scene, tmp_path):
     writeDicomSeries(tmp_path / "bent", len(positions), positions=positions)
     with pytest.raises(InputError, match=r"bent: the slices of the DICOM series do not lie on one line"):
         imageio.readImage(str(tmp_path / "bent"), scene)
-
-
-def vtkMatrixArray(node) -> np.ndarray:
-    """The node's IJK-to-RAS matrix as a 4x4 numpy array."""
-    import vtk
-
-    matrix = vtk.vtkMatrix4x4()
-    node.GetIJKToRASMatrix(matrix)
-    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
 def test_dicom_folder_error_through_segment(runCli, tmp_path):

@@ -8,10 +8,10 @@ Seeds:
 
 - the 3D box: a shell ``ringVoxels`` thick just outside the box is background,
   except where it looks like the core (every voxel outside the box is
-  background in the result); a central
-  ellipsoid (semi-axes ``coreFraction`` of the box's half sizes: small, see GrowCut3dSettings), less its
-  voxels whose intensity is more than 3 robust standard deviations from the
-  median of its inner half, is foreground;
+  background in the result); a central ellipsoid (semi-axes
+  ``coreFraction`` of the box's half sizes: small, see GrowCut3dSettings),
+  less its voxels whose intensity is more than 3 robust standard deviations
+  from the median of its inner half, is foreground;
 - every click: a 3D seed region around the clicked voxel, labelled as the
   click (clickRegion). It is the click's *reach*: the voxels whose path cost
   from the click (intensity change plus ``distancePenalty`` per mm, by fast
@@ -47,7 +47,8 @@ import numpy as np
 from ..core.errors import PromptError
 from .base import VolumeClick
 from .geodesic import GeodesicReach
-from .growcutcore import SEED_BACKGROUND, SEED_FOREGROUND, ellipsoidMask, growCutFilterClass, runGrowCut, toVtkImage
+from .growcutcore import (SEED_BACKGROUND, SEED_FOREGROUND, ellipsoidMask, growCutFilterClass, robustSpread, runGrowCut,
+                          toVtkImage)
 
 #: The smallest intensity tolerance when filtering the box core by its inner half's appearance.
 CORE_MIN_TOLERANCE = 0.05
@@ -72,12 +73,14 @@ class GrowCut3dSettings:
     what a large core gives; elsewhere the core stays small, the box alone
     under-segments and every click grows the result within edges
     (docs/evaluation.md: after 5 clicks 0.71 / 0.83 / 0.76 instead of 0.58 /
-    0.68 / 0.75 with the large core). ringVoxels: thickness of the background shell outside
-    the box; its voxels within shellTolerance robust standard deviations of
-    the core's median intensity are left unseeded (0: all seeded): where the
-    object goes on through the box's wall, a seeded shell would eat into it
-    from there, a small core being far away. smoothingSigma: Gaussian smoothing (voxels) of the block before
-    growing. distancePenalty: intensity units added per mm of path (0 =
+    0.68 / 0.75 with the large core).
+
+    ringVoxels: thickness of the background shell outside the box; its voxels
+    within shellTolerance robust standard deviations of the core's median
+    intensity are left unseeded (0: all seeded): where the object goes on
+    through the box's wall, a seeded shell would eat into it from there, a
+    small core being far away. smoothingSigma: Gaussian smoothing (voxels) of
+    the block before growing. distancePenalty: intensity units added per mm of path (0 =
     intensity only; a little distance keeps a flat region from going to
     whichever seed happens to be cheapest through noise).
 
@@ -280,7 +283,7 @@ class GrowCut3d:
         inner = ellipsoidMask(region.shape, centre, [0.5 * a for a in semiAxes]) & region
         values = self._image[inner]
         median = np.median(values)
-        spread = 1.4826 * np.median(np.abs(values - median))
+        spread = robustSpread(values)
         # A large core overlaps the background beside a non-convex object: keep what looks like its inner half.
         core &= np.abs(self._image - median) <= max(3.0 * spread, CORE_MIN_TOLERANCE)
         seeds[core] = SEED_FOREGROUND
@@ -288,7 +291,7 @@ class GrowCut3d:
             # Where the object goes on through the box's wall (a vessel, a tube), the shell would eat into it.
             values = self._image[core]
             coreMedian = np.median(values)
-            tolerance = max(self.settings.shellTolerance * _robustSpread(values), CORE_MIN_TOLERANCE)
+            tolerance = max(self.settings.shellTolerance * robustSpread(values), CORE_MIN_TOLERANCE)
             seeds[shell & (np.abs(self._image - coreMedian) <= tolerance)] = 0
         wide = self._wideCore(seeds, region, centre, ranges)
         if wide is not None:
@@ -301,11 +304,12 @@ class GrowCut3d:
         if not settings.wideCoreFractions:
             return None
         small = self._image[seeds == SEED_FOREGROUND]
-        smallSpread = max(_robustSpread(small), WIDE_CORE_MIN_SPREAD) if small.size else 0.0
+        smallSpread = max(robustSpread(small), WIDE_CORE_MIN_SPREAD) if small.size else 0.0
         # The homogeneity test first: it is cheap, and where it fails (most organs) GrowCut need not run twice.
         ellipsoids = [ellipsoidMask(region.shape, centre, [(b - a) / 2.0 * fraction for a, b in ranges]) & region
                       for fraction in settings.wideCoreFractions]
-        ellipsoids = [e for e in ellipsoids if _robustSpread(self._image[e]) <= settings.wideCoreSpreadRatio * smallSpread]
+        limit = settings.wideCoreSpreadRatio * smallSpread
+        ellipsoids = [e for e in ellipsoids if robustSpread(self._image[e]) <= limit]
         if not ellipsoids:
             return None
         grown = (runGrowCut(self._image, seeds, spacingXyz=self.spacingKji[::-1],
@@ -374,8 +378,7 @@ def _lookingLikeTheClick(image, point, flat, settings) -> np.ndarray:
 
     local = image[tuple(slice(max(p - 1, 0), p + 2) for p in point)]
     median = float(np.median(local))
-    spread = 1.4826 * float(np.median(np.abs(local - median)))
-    tolerance = max(settings.clickTolerance * spread, settings.clickMinTolerance)
+    tolerance = max(settings.clickTolerance * robustSpread(local), settings.clickMinTolerance)
     like = np.abs(image.ravel()[flat] - median) <= tolerance
     like[flat == np.ravel_multi_index(tuple(point), image.shape)] = True
     # Connected components on the reached voxels' bounding block only.
@@ -387,12 +390,6 @@ def _lookingLikeTheClick(image, point, flat, settings) -> np.ndarray:
     components, _ = ndimage.label(block, np.ones((3, 3, 3), bool))
     centre = tuple(p - lo for p, lo in zip(point, lows))
     return components[local] == components[centre]
-
-
-def _robustSpread(values: np.ndarray) -> float:
-    """1.4826 x the median absolute deviation: the standard deviation of normal values, blind to outliers."""
-    median = np.median(values)
-    return 1.4826 * float(np.median(np.abs(values - median)))
 
 
 def depthAt(mask: np.ndarray, point, spacingKji) -> float:

@@ -82,3 +82,9 @@ def ellipsoidMask(shape: Tuple[int, ...], centre: Sequence[float], semiAxes: Seq
     nearest = tuple(int(np.clip(round(c), 0, n - 1)) for c, n in zip(centre, shape))
     inside[nearest] = True  # at least the centre voxel, however small the box
     return inside
+
+
+def robustSpread(values: np.ndarray) -> float:
+    """1.4826 x the median absolute deviation: the standard deviation of normally spread values, blind to outliers."""
+    median = np.median(values)
+    return 1.4826 * float(np.median(np.abs(values - median)))

@@ -51,7 +51,7 @@ import numpy as np
 
 from .base import DecodeResult, Engine, Prompts, SliceEmbedding, VolumeClick
 from .growcut3d import GrowCut3d, GrowCut3dSettings
-from .growcutcore import SEED_BACKGROUND, SEED_FOREGROUND, ellipsoidMask, runGrowCut
+from .growcutcore import SEED_BACKGROUND, SEED_FOREGROUND, ellipsoidMask, robustSpread, runGrowCut
 from ..core.errors import PromptError
 from ..core.progress import ProgressCallback, reportProgress
 
@@ -298,8 +298,7 @@ class GrowCutEngine(Engine):
         When no seed looks alike the object has ended: the result is empty.
         """
         median = np.median(previousValues)
-        spread = 1.4826 * np.median(np.abs(previousValues - median))
-        return seeds & (np.abs(image - median) <= max(3.0 * spread, PRIOR_MIN_TOLERANCE))
+        return seeds & (np.abs(image - median) <= max(3.0 * robustSpread(previousValues), PRIOR_MIN_TOLERANCE))
 
     @staticmethod
     def _nearNegativePoints(prompts: Prompts, region: np.ndarray) -> np.ndarray:
@@ -335,7 +334,7 @@ class GrowCutEngine(Engine):
         rows = np.clip(np.round(positive[:, 1]).astype(int), 0, image.shape[0] - 1)
         values = image[core]
         median = np.median(values)
-        tolerance = max(3.0 * 1.4826 * np.median(np.abs(values - median)), CORE_POINT_TOLERANCE)
+        tolerance = max(3.0 * robustSpread(values), CORE_POINT_TOLERANCE)
         if np.any(np.abs(image[rows, cols] - median) <= tolerance):
             return True
         return not (ring.any() and abs(np.median(image[ring]) - median) <= tolerance)
