@@ -82,6 +82,29 @@ def test_clicks_are_constraints_even_against_the_image():
     assert not mask[12, 20, 20] and mask[12, 20, 21]
 
 
+def flatBar(seed=0):
+    """A long homogeneous bar (0.5, noisy) between darker ends, and a 3D box inside it: no edge anywhere in the box."""
+    shape = (16, 20, 64)
+    voxels = 0.5 + np.random.default_rng(seed).normal(0, 0.03, shape)
+    voxels[:, :, :4] = voxels[:, :, 60:] = 0.1
+    return voxels.astype(np.float32), ((4, 2, 2), (59, 17, 13))
+
+
+def test_a_later_click_takes_only_what_lies_nearer_to_it_than_to_an_earlier_click_of_the_other_label():
+    voxels, box = flatBar()
+    grower = GrowCut3d(voxels, box)
+    grower.update([])
+    removed = VolumeClick((50.0, 10.0, 8.0), 0)  # the user cuts the bar's right end off
+    assert not grower.update([removed])[:, :, 48:].any()
+    # The user then wants a little more on the left of the cut: a positive click 6 voxels from the negative one.
+    mask = grower.update([removed, VolumeClick((44.0, 10.0, 8.0), 1)])
+    assert mask[6:11, 8:13, 40:47].all()  # the positive click's side of the flat bar is taken back
+    # The bar's voxels nearer the negative click stay cut: without the sharing rule the positive click's reach
+    # re-seeded 752 voxels beyond the negative click (i >= 50) and the cut end came back.
+    assert not mask[:, :, 50:].any()
+    assert mask[:, :, 48:].sum() < 0.01 * mask[:, :, 48:60].size
+
+
 def test_a_positive_click_outside_the_box_enlarges_it_and_removing_a_click_starts_over():
     voxels, ball, slab = objectWithLeak()
     box = ((12, 12, 6), (26, 28, 18))  # misses the ball's left end (i < 12)

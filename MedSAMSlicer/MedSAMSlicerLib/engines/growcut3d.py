@@ -17,13 +17,17 @@ Seeds:
   from the click (intensity change plus ``distancePenalty`` per mm, by fast
   marching, engines/geodesic.py) is at most ``distancePenalty * clickReach *
   depth``, depth being the distance (mm) from the click to the other label of
-  the result it corrects; kept only where the intensity is like the click's
-  and connected to it, and halved until a click inside the result takes at
-  most ``negativeShare`` of it. A click in the middle of a wide wrong region
-  thus claims a wide neighbourhood that stops at edges; a click near a
-  boundary little more than its own voxel. Clicks outrank the box's guesses:
-  their seeds replace core or shell seeds, and every click's own voxel keeps
-  its label whatever later clicks seed.
+  the result it corrects (while the result is empty, at most the click's
+  distance to the box's nearest wall: the object lies in its box); kept only
+  where the intensity is like the click's and connected to it, and halved
+  until a click inside the result takes at most ``negativeShare`` of it. A
+  click in the middle of a wide wrong region thus claims a wide
+  neighbourhood that stops at edges; a click near a boundary little more
+  than its own voxel. Clicks outrank the box's guesses: their seeds replace
+  core or shell seeds. Where a click's region overlaps an earlier click's of
+  the other label, each voxel there goes to the click with the cheaper path
+  to it, and every click's own voxel keeps its label whatever later clicks
+  seed: a later click does not undo what an earlier one fixed beside it.
 
 Updates: vtkImageGrowCutSegment keeps its path costs and labels between runs
 (Slicer 5.10, Modules/Loadable/Segmentations/Logic/vtkImageGrowCutSegment.cxx:
@@ -87,7 +91,8 @@ class GrowCut3dSettings:
     Clicks: clickRadiusVoxels: every click seeds at least the ball of this
     radius (voxels). clickReach: in a flat region a click's seed region reaches
     ``clickReach`` times its depth (mm from the click to the other label of the
-    result it corrects); intensity changes use up the reach, weighted by
+    result it corrects; on an empty result at most its distance to the box's
+    nearest wall, docs/evaluation.md); intensity changes use up the reach, weighted by
     reachGradientWeight (fast marching on the gradient magnitude overstates
     the intensity steps of a path, hence a weight below 1). clickTolerance,
     clickMinTolerance: the region keeps only voxels within clickTolerance
@@ -267,6 +272,8 @@ class GrowCut3d:
         self.blockBounds = bounds
         self._filter = _Filter(self._image, self._boxSeeds(region), self.spacingKji[::-1], self.settings.distancePenalty)
         self._reach = None  # built at the first click on this block
+        #: [label, flat indices, path costs] of every click's seed region on this block, in click order.
+        self._clickRegions: List[list] = []
 
     def _boxSeeds(self, region: np.ndarray) -> np.ndarray:
         """Background shell outside the box, foreground core ellipsoid (its look-alike voxels) inside."""
@@ -330,7 +337,9 @@ class GrowCut3d:
         if self._reach is None and self.settings.distancePenalty > 0 and self.settings.clickReach > 0:
             self._reach = GeodesicReach(self._image, self.spacingKji, self.settings.distancePenalty,
                                         self.settings.reachGradientWeight)
-        region = clickRegion(self._reach, self._image, current, point, self.spacingKji, self.settings)
+        region, costs = clickRegion(self._reach, self._image, current, point, self.spacingKji, self.settings,
+                                    emptyDepth=self._wallDistance(point))
+        region = self._shareWithEarlierClicks(click.label, region, costs)
         seeds = self._filter.seeds
         seeds.ravel()[region] = SEED_FOREGROUND if click.label == 1 else SEED_BACKGROUND
         self.clicks.append(click)
@@ -339,11 +348,43 @@ class GrowCut3d:
             voxel = tuple(int(v) - int(o) for v, o in zip(earlier.voxelKji(self.volume.shape), self._offset))
             seeds[voxel] = SEED_FOREGROUND if earlier.label == 1 else SEED_BACKGROUND
 
+    def _wallDistance(self, point) -> float:
+        """Distance (mm) from a block voxel to the original box's nearest wall (at least one voxel)."""
+        distances = [min(p - a + 0.5, b - p + 0.5) * s for p, (a, b), s in zip(point, self._boxInBlock(), self.spacingKji)]
+        return max(min(distances), min(self.spacingKji))
 
-def clickRegion(reach, image: np.ndarray, currentMask: np.ndarray, point, spacingKji, settings: GrowCut3dSettings) -> np.ndarray:
-    """Flat indices of the voxels a click at ``point`` (k, j, i) seeds (see the module docstring).
+    def _shareWithEarlierClicks(self, label: int, region: np.ndarray, costs: np.ndarray) -> np.ndarray:
+        """The part of a new click's region it keeps; earlier clicks of the other label give up what it takes.
 
-    reach: a geodesic.GeodesicReach on the block, or None (only the small ball is seeded).
+        Where the region overlaps an earlier click's of the other label, each
+        voxel goes to the click with the cheaper path to it: a later click does
+        not undo what an earlier one fixed beside it, and takes what lies nearer
+        to itself. Every click's (region, costs) is kept for the clicks after it.
+        """
+        keep = np.ones(len(region), bool)
+        for earlier in self._clickRegions:
+            if earlier[0] == label:
+                continue
+            _, mine, theirs = np.intersect1d(region, earlier[1], assume_unique=True, return_indices=True)
+            if not len(mine):
+                continue
+            taken = costs[mine] < earlier[2][theirs]
+            keep[mine[~taken]] = False
+            left = np.ones(len(earlier[1]), bool)
+            left[theirs[taken]] = False
+            earlier[1], earlier[2] = earlier[1][left], earlier[2][left]
+        self._clickRegions.append([label, region[keep], costs[keep]])
+        return region[keep]
+
+
+def clickRegion(reach, image: np.ndarray, currentMask: np.ndarray, point, spacingKji, settings: GrowCut3dSettings,
+                emptyDepth: float = np.inf) -> Tuple[np.ndarray, np.ndarray]:
+    """(flat indices, path costs) of the voxels a click at ``point`` (k, j, i) seeds (see the module docstring).
+
+    reach: a geodesic.GeodesicReach on the block, or None (only the small ball
+    is seeded). emptyDepth: the depth (mm) to use while the result is empty;
+    the caller passes the click's distance to the box's nearest wall. The
+    ball's voxels cost 0; indices are sorted and unique.
     """
     shape = currentMask.shape
     radius = int(settings.clickRadiusVoxels)
@@ -351,10 +392,13 @@ def clickRegion(reach, image: np.ndarray, currentMask: np.ndarray, point, spacin
     grids = np.ogrid[tuple(slice(lo, min(p + radius + 1, n)) for lo, p, n in zip(lows, point, shape))]
     ball = sum((g - p) ** 2 for g, p in zip(grids, point)) <= radius * radius
     near = np.ravel_multi_index(tuple((np.argwhere(ball) + np.array(lows)).T), shape)
+    # An empty result has no boundary to measure the error by: the object lies in its box, so the box bounds it.
     depth = depthAt(currentMask, point, spacingKji)
+    if not currentMask.any():
+        depth = min(depth, emptyDepth)
     budget = settings.distancePenalty * settings.clickReach * depth
     if reach is None or budget <= 0:
-        return near
+        return near, np.zeros(len(near), np.float32)  # argwhere's C order: already sorted
     reached, costs = reach.reach(point, budget)
     if settings.clickTolerance > 0:
         keep = _lookingLikeTheClick(image, point, reached, settings)
@@ -369,7 +413,13 @@ def clickRegion(reach, image: np.ndarray, currentMask: np.ndarray, point, spacin
         if settings.clickTolerance > 0 and len(reached):
             keep = _lookingLikeTheClick(image, point, reached, settings)
             reached, costs, inside = reached[keep], costs[keep], inside[keep]
-    return np.union1d(near, reached)
+    flat = np.concatenate([near, reached])
+    allCosts = np.concatenate([np.zeros(len(near), np.float32), costs.astype(np.float32)])
+    # One entry per voxel, at its lowest cost (the ball's 0 where the two overlap).
+    order = np.lexsort((allCosts, flat))
+    flat, allCosts = flat[order], allCosts[order]
+    first = np.r_[True, flat[1:] != flat[:-1]]
+    return flat[first], allCosts[first]
 
 
 def _lookingLikeTheClick(image, point, flat, settings) -> np.ndarray:
