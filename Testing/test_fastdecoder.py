@@ -16,7 +16,7 @@ import pytest
 import torch
 from segment_anything.modeling.common import LayerNorm2d
 
-from MedSAMSlicerLib.engines import fastdecoder
+from MedSAMSlicerLib.engines import fastdecoder, fastlayers
 from MedSAMSlicerLib.engines.checkpoints import ArchitectureInfo, buildSamModel
 from MedSAMSlicerLib.engines.base import Prompts, SliceEmbedding
 from MedSAMSlicerLib.engines.samengine import SamEngine
@@ -48,7 +48,7 @@ def models(request):
     """(untouched stock model, copy with the fast layers swapped in)."""
     stock = buildTinySam(seed=3) if request.param == "tiny" else _vitBDecoderModel()
     fast = copy.deepcopy(stock)
-    assert fastdecoder.swapFastLayers(fast) == 5
+    assert fastlayers.swapFastLayers(fast) == 5
     return stock, fast
 
 
@@ -100,7 +100,7 @@ def test_transposed_convolution_as_matmul_equals_conv_transpose_2d():
             conv.weight.normal_(0.0, inChannels ** -0.5)  # outputs of order 1, like the model's
             if bias:
                 conv.bias.normal_()
-        fast = fastdecoder.ConvTranspose2x2(conv)
+        fast = fastlayers.ConvTranspose2x2(conv)
         assert fast.weight is conv.weight and fast.bias is conv.bias
         x = torch.randn(2, inChannels, 7, 11)
         with torch.no_grad():
@@ -117,7 +117,7 @@ def test_channels_last_layer_norm_equals_layer_norm_2d():
     with torch.no_grad():
         norm.weight.normal_()
         norm.bias.normal_()
-    fast = fastdecoder.ChannelsLastLayerNorm2d(norm)
+    fast = fastlayers.ChannelsLastLayerNorm2d(norm)
     x = torch.randn(3, 16, 9, 5) * 3 + 1
     with torch.no_grad():
         torch.testing.assert_close(fast(x), norm(x), atol=1e-5, rtol=1e-5)
@@ -128,7 +128,7 @@ def test_swapping_keeps_weights_names_and_results(models):
     assert list(stock.state_dict()) == list(fast.state_dict())
     for key, value in stock.state_dict().items():
         assert torch.equal(value, fast.state_dict()[key])
-    assert fastdecoder.swapFastLayers(fast) == 0  # idempotent
+    assert fastlayers.swapFastLayers(fast) == 0  # idempotent
     embedding = _embedding(stock.prompt_encoder.embed_dim)
     case = _promptCases()["box + points + mask"]
     assertSameDecoding(_stockDecode(fast, embedding, *case), _stockDecode(stock, embedding, *case))
@@ -199,7 +199,7 @@ def test_engine_fast_and_stock_paths_give_the_same_results(recipe):
     stockEngine = SamEngine(model=buildTinySam(seed=2), recipe=recipe, device="cpu", modelId="t", fastDecoding=False)
     fastEngine = SamEngine(model=buildTinySam(seed=2), recipe=recipe, device="cpu", modelId="t")
     assert fastEngine._fastDecoder is not None and stockEngine._fastDecoder is None
-    assert not any(isinstance(m, fastdecoder.ConvTranspose2x2) for m in stockEngine.model.modules())
+    assert not any(isinstance(m, fastlayers.ConvTranspose2x2) for m in stockEngine.model.modules())
     image = np.random.default_rng(1).random((300, 500), dtype=np.float32)
     embedding = fastEngine.encode([image])[0]
     box, points = (260.0, 70.0, 380.0, 180.0), np.array([[300.0, 120.0], [200.0, 250.0]])
@@ -214,7 +214,7 @@ def test_engine_fast_and_stock_paths_give_the_same_results(recipe):
 
 
 def test_importing_fastdecoder_does_not_import_torch():
-    code = ("import sys; import MedSAMSlicerLib.engines.fastdecoder as f; "
+    code = ("import sys; import MedSAMSlicerLib.engines.fastdecoder, MedSAMSlicerLib.engines.fastlayers as f; "
             "assert 'torch' not in sys.modules and 'segment_anything' not in sys.modules; "
             "f.ConvTranspose2x2; assert 'torch' in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=REPO / "MedSAMSlicer", check=True)

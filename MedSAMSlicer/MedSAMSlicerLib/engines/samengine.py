@@ -113,7 +113,8 @@ class SamEngine(TorchEngine):
 
     def _makeFastDecoder(self):
         """Swap in the exact fast layers and build the fast decoder; None for a model it does not know."""
-        from .fastdecoder import FastMaskDecoder, supportsFastDecoding, swapFastLayers
+        from .fastdecoder import FastMaskDecoder, supportsFastDecoding
+        from .fastlayers import swapFastLayers
 
         if not supportsFastDecoding(self.model):
             logger.info("Model %s uses the stock segment-anything decoder (no fast path for it).", self.modelId)
