@@ -58,6 +58,16 @@ def addRoi(scene, volume, centreIjk, axis, halfVoxels=5.0, thickness=0.3):
     return roi
 
 
+def logicOn(scene, volume, axis=2, *promptNodes):
+    """A MedSAMLogic on ``volume``, slicing along ``axis``, with ``promptNodes`` (ROI, positive, negative) when given."""
+    logic = MedSAMLogic(scene)
+    logic.setVolume(volume)
+    logic.setAxis(axis)
+    if promptNodes:
+        logic.setPromptNodes(*promptNodes)
+    return logic
+
+
 def onSlice(arrayKji, axis, k):
     index = [slice(None)] * 3
     index[2 - axis] = int(k)
@@ -74,10 +84,7 @@ def setup(scene):
     voxels, obj, decoy, centre = ballsPhantom(2)
     volume = makeVolume(scene, voxels, "RAS")
     roi = addRoi(scene, volume, centre, 2)
-    logic = MedSAMLogic(scene)
-    logic.setVolume(volume)
-    logic.setAxis(2)
-    logic.setPromptNodes(roi)
+    logic = logicOn(scene, volume, 2, roi)
     yield logic, volume, roi, obj, decoy, centre
     logic.cleanup()
 
@@ -88,10 +95,7 @@ def test_box_gives_mask_on_object_not_on_mirrored_decoy(scene, geometry, axis):
     voxels, obj, decoy, centre = ballsPhantom(axis)
     volume = makeVolume(scene, voxels, geometry)
     before = voxelHash(volume)
-    logic = MedSAMLogic(scene)  # no engine set: the weight-free GrowCut default
-    logic.setVolume(volume)
-    logic.setAxis(axis)
-    logic.setPromptNodes(addRoi(scene, volume, centre, axis))
+    logic = logicOn(scene, volume, axis, addRoi(scene, volume, centre, axis))  # no engine set: the weight-free GrowCut default
     logic.segmentSlice()
     mask = logic.previewMaskKji
     assert logic.lastResult.sliceIndices == [int(centre[axis])]
@@ -355,10 +359,7 @@ def test_timings_are_recorded(setup):
 def test_propagation_segments_the_ball_in_3d_and_apply_replaces_those_slices(scene):
     voxels, obj, decoy, centre = ballsPhantom(2)
     volume = makeVolume(scene, voxels, "oblique")
-    logic = MedSAMLogic(scene)
-    logic.setVolume(volume)
-    logic.setAxis(2)
-    logic.setPromptNodes(addRoi(scene, volume, centre, 2))
+    logic = logicOn(scene, volume, 2, addRoi(scene, volume, centre, 2))
     segmentationNode, segmentId = logic.setSegmentation()
     elsewhere = np.zeros(SHAPE_KJI, bool)
     elsewhere[:, 20:23, 2:5] = True  # on every slice, away from the object
@@ -405,9 +406,7 @@ def test_postprocessing_is_off_by_default_and_keeps_the_largest_component_when_a
 
     voxels, obj, decoy, centre = ballsPhantom(2)
     volume = makeVolume(scene, voxels, "RAS")
-    logic = MedSAMLogic(scene)
-    logic.setVolume(volume)
-    logic.setAxis(2)
+    logic = logicOn(scene, volume, 2)
     # One box over both balls and a positive click on each: the raw mask has two components.
     mirrored = np.array(SHAPE_KJI[::-1]) - 1.0 - centre
     mirrored[2] = centre[2]

@@ -9,8 +9,7 @@ import pytest
 
 from MedSAMSlicerLib.core.errors import InputError
 from MedSAMSlicerLib.mrml.volumegeometry import ijkToWorld
-from MedSAMSlicerLib.workflow.logic import MedSAMLogic
-from test_logic import SHAPE_KJI, addRoi, ballsPhantom, dice
+from test_logic import SHAPE_KJI, addRoi, ballsPhantom, dice, logicOn
 from test_segmentwriter import makeVolume
 
 
@@ -21,10 +20,7 @@ def clicking(scene):
     volume = makeVolume(scene, voxels, "oblique")
     positive = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "positive")
     negative = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "negative")
-    logic = MedSAMLogic(scene)
-    logic.setVolume(volume)
-    logic.setAxis(2)
-    logic.setPromptNodes(addRoi(scene, volume, centre, 2, halfVoxels=6.0, thickness=5.0), positive, negative)
+    logic = logicOn(scene, volume, 2, addRoi(scene, volume, centre, 2, halfVoxels=6.0, thickness=5.0), positive, negative)
     logic.scheduleCallback = lambda delayMs, callback: None  # as a widget's timer: many events, one update
     yield logic, volume, positive, negative, obj, centre
     logic.cleanup()

@@ -9,9 +9,8 @@ import pytest
 from MedSAMSlicerLib.core.errors import InputError
 from MedSAMSlicerLib.imaging.phantoms import ellipsoidPhantom
 from MedSAMSlicerLib.mrml.segmentwriter import segmentMaskKji
-from MedSAMSlicerLib.workflow.logic import MedSAMLogic
 from MedSAMSlicerLib.workflow.propagation import PropagationSettings
-from test_logic import addRoi, dice
+from test_logic import addRoi, dice, logicOn
 from test_segmentwriter import internalLabelmap, makeVolume, voxelHash
 
 SHAPE_KJI = (16, 32, 32)
@@ -23,9 +22,7 @@ def phantom(scene):
     """(logic, volume, truthKji): a Logic on an ellipsoid phantom (axis K, 1 mm voxels) with a new segmentation."""
     voxels, truth, spacing = ellipsoidPhantom(SHAPE_KJI, noise=0.05, seed=3)
     volume = makeVolume(scene, voxels, "RAS", spacing=spacing)
-    logic = MedSAMLogic(scene)
-    logic.setVolume(volume)
-    logic.setAxis(2)
+    logic = logicOn(scene, volume, 2)
     logic.setSegmentation()
     yield logic, volume, truth
     logic.cleanup()

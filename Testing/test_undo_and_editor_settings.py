@@ -13,8 +13,7 @@ from MedSAMSlicerLib.core.errors import InputError
 from MedSAMSlicerLib.mrml.segmenteditornode import userSegmentEditorNode
 from MedSAMSlicerLib.mrml.segmentwriter import (SegmentWriter, orientedImageFromMask, segmentMaskKji,
                                                  volumeIjkToNodeMatrix)
-from MedSAMSlicerLib.workflow.logic import MedSAMLogic
-from test_logic import addRoi, ballsPhantom
+from test_logic import addRoi, ballsPhantom, logicOn
 from test_segmentwriter import SHAPE_KJI, boxMask, makeVolume
 
 
@@ -102,10 +101,7 @@ def logicOnBall(scene):
     """A Logic with a preview of the ball ready to apply: (logic, volume, segmentationNode, segmentId)."""
     voxels, obj, decoy, centre = ballsPhantom(2)
     volume = makeVolume(scene, voxels, "RAS")
-    logic = MedSAMLogic(scene)
-    logic.setVolume(volume)
-    logic.setAxis(2)
-    logic.setPromptNodes(addRoi(scene, volume, centre, 2))
+    logic = logicOn(scene, volume, 2, addRoi(scene, volume, centre, 2))
     segmentationNode, segmentId = logic.setSegmentation()
     logic.segmentSlice()
     assert logic.previewMaskKji.any()
