@@ -92,9 +92,9 @@ class GrowCut3dSettings:
     radius (voxels). clickReach: in a flat region a click's seed region reaches
     ``clickReach`` times its depth (mm from the click to the other label of the
     result it corrects; on an empty result at most its distance to the box's
-    nearest wall, docs/evaluation.md); intensity changes use up the reach, weighted by
-    reachGradientWeight (fast marching on the gradient magnitude overstates
-    the intensity steps of a path, hence a weight below 1). clickTolerance,
+    nearest wall, docs/evaluation.md); intensity changes use up the reach,
+    weighted by reachGradientWeight (fast marching on the gradient magnitude
+    overstates the intensity steps of a path, hence a weight below 1). clickTolerance,
     clickMinTolerance: the region keeps only voxels within clickTolerance
     robust standard deviations (at least clickMinTolerance) of the click's
     3x3x3 neighbourhood median, connected to the click (0 switches this off).
