@@ -171,6 +171,15 @@ class _Filter:
         return self._numpySupport.vtk_to_numpy(scalars).reshape(self.shape).copy()
 
 
+@dataclass
+class _ClickSeeds:
+    """The voxels one click seeds (flat block indices, sorted) and their path costs from it."""
+
+    label: int
+    flat: np.ndarray
+    costs: np.ndarray
+
+
 class GrowCut3d:
     """A 3D GrowCut segmentation from a 3D box, updated incrementally as clicks arrive.
 
@@ -272,8 +281,8 @@ class GrowCut3d:
         self.blockBounds = bounds
         self._filter = _Filter(self._image, self._boxSeeds(region), self.spacingKji[::-1], self.settings.distancePenalty)
         self._reach = None  # built at the first click on this block
-        #: [label, flat indices, path costs] of every click's seed region on this block, in click order.
-        self._clickRegions: List[list] = []
+        #: Every click's seed region on this block, in click order.
+        self._clickRegions: List[_ClickSeeds] = []
 
     def _boxSeeds(self, region: np.ndarray) -> np.ndarray:
         """Background shell outside the box, foreground core ellipsoid (its look-alike voxels) inside."""
@@ -363,17 +372,17 @@ class GrowCut3d:
         """
         keep = np.ones(len(region), bool)
         for earlier in self._clickRegions:
-            if earlier[0] == label:
+            if earlier.label == label:
                 continue
-            _, mine, theirs = np.intersect1d(region, earlier[1], assume_unique=True, return_indices=True)
+            _, mine, theirs = np.intersect1d(region, earlier.flat, assume_unique=True, return_indices=True)
             if not len(mine):
                 continue
-            taken = costs[mine] < earlier[2][theirs]
+            taken = costs[mine] < earlier.costs[theirs]
             keep[mine[~taken]] = False
-            left = np.ones(len(earlier[1]), bool)
+            left = np.ones(len(earlier.flat), bool)
             left[theirs[taken]] = False
-            earlier[1], earlier[2] = earlier[1][left], earlier[2][left]
-        self._clickRegions.append([label, region[keep], costs[keep]])
+            earlier.flat, earlier.costs = earlier.flat[left], earlier.costs[left]
+        self._clickRegions.append(_ClickSeeds(label, region[keep], costs[keep]))
         return region[keep]
 
 
